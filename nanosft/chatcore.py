@@ -1,0 +1,437 @@
+"""ChatCORE: six chat tasks, batched evaluation and one centered score (nanochat/scripts/chat_eval.py).
+
+| task | kind | baseline | scoring |
+|---|---|---|---|
+| ARC-Easy, ARC-Challenge, MMLU | categorical | 0.25 | argmax of the choice letters' logits after ``<|assistant_start|>`` |
+| GSM8K, SpellingBee | generative | 0 | ``#### N`` extracted by regex, commas stripped, exact match |
+| HumanEval | generative | 0 | first code block + imports + tests + ``check()`` run in ``nanosft.sandbox`` |
+
+ChatCORE = mean over the evaluated tasks of ``(acc - baseline) / (1 - baseline)``; ``chatcore_cat``
+is the same over the categorical ones. nanochat reports it only when all tasks ran; nanosft reports
+it over whatever subset was asked for (the result lists the tasks).
+
+Categorical problems go through the model in batches: prompts are sorted by length and right-padded
+(causal attention: a pad after the last prompt token cannot change that token's logits, so no mask
+is needed, as nanochat does), and only the answer positions are projected on the vocabulary
+(``logits_to_keep``): for MMLU at batch 32 that is 32 rows of 65,536 logits instead of ~32x400.
+Generative problems are completed in batches by ``engine.generate_batch`` (left-padded, KV cache,
+calculator tool). Under several processes each one takes a contiguous share of the problems
+(``accelerate.PartialState.split_between_processes``) and the outcomes are gathered
+(``gather_object``); every process returns the same totals.
+
+Problems are dicts in nanochat's conversation form: ``{"messages": [user, assistant], ...}`` plus
+``letters`` (categorical), ``reference`` (GSM8K, SpellingBee) or ``test``/``entry_point`` (HumanEval).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .engine import gathered_for_generation, generate_batch
+from .template import ChatRenderer
+from .tokenizer import ordinary_encoder
+
+logger = logging.getLogger(__name__)
+
+CATEGORICAL, GENERATIVE = "categorical", "generative"
+SPELLINGBEE_SIZE = 256  # nanochat/scripts/chat_eval.py: SpellingBee(size=256, split="test")
+GENERATIVE_CAP_DURING_SFT = 24  # nanochat/scripts/chat_sft.py caps generative tasks at 24 problems
+ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")  # nanochat/tasks/gsm8k.py
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after ``#### `` with commas removed, or None (nanochat/tasks/gsm8k.py)."""
+    match = ANSWER_RE.search(text)
+    return match.group(1).strip().replace(",", "") if match else None
+
+
+def score_numeric(problems: list[dict], completions: list[str]) -> list[bool]:
+    """GSM8K/SpellingBee: exact match of the ``####`` answer with the problem's ``reference``."""
+    return [p["reference"] is not None and extract_answer(c) == p["reference"] for p, c in zip(problems, completions)]
+
+
+def score_humaneval(problems: list[dict], completions: list[str], timeout: float = 5.0) -> list[bool]:
+    """HumanEval: run each program (``tasks.humaneval.build_program``) in the sandbox, 4 at a time."""
+    from .sandbox import execute_many
+    from .tasks.humaneval import build_program
+
+    programs = [build_program(p, c) for p, c in zip(problems, completions)]
+    return [r.success for r in execute_many(programs, max_workers=4, timeout=timeout)]
+
+
+def _load_arc(subset):
+    def load(split, data_dir):
+        from .tasks import arc
+
+        return arc.load_problems(subset, split, data_dir)
+
+    return load
+
+
+def _load_mmlu(split, data_dir):
+    from .tasks import mmlu
+
+    return mmlu.load_problems(split, data_dir)
+
+
+def _load_gsm8k(split, data_dir):
+    from .tasks import gsm8k
+
+    return [
+        {"messages": gsm8k.to_conversation(row), "reference": extract_answer(row["answer"])}
+        for row in gsm8k.load_rows(split, data_dir)
+    ]
+
+
+def _load_humaneval(split, data_dir):
+    from .tasks import humaneval
+
+    return humaneval.load_problems(split, data_dir)
+
+
+def _load_spellingbee(split, data_dir):
+    from .tasks import spellingbee
+
+    words = spellingbee.load_words(data_dir)
+    problems = []
+    for i in range(SPELLINGBEE_SIZE):
+        conv = spellingbee.spelling_bee_conversation(words, i, split)
+        problems.append({"messages": conv, "reference": extract_answer(conv[-1]["content"][-1]["text"])})
+    return problems
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One ChatCORE task: its kind, chance baseline, loader ``(split, data_dir) -> problems`` and,
+    for generative tasks, a scorer ``(problems, completions) -> list[bool]``."""
+
+    name: str
+    kind: str
+    baseline: float
+    load: Callable[[str, str | None], list[dict]]
+    score: Callable[[list[dict], list[str]], list[bool]] | None = None
+
+
+TASKS: dict[str, TaskSpec] = {
+    "ARC-Easy": TaskSpec("ARC-Easy", CATEGORICAL, 0.25, _load_arc("ARC-Easy")),
+    "ARC-Challenge": TaskSpec("ARC-Challenge", CATEGORICAL, 0.25, _load_arc("ARC-Challenge")),
+    "MMLU": TaskSpec("MMLU", CATEGORICAL, 0.25, _load_mmlu),
+    "GSM8K": TaskSpec("GSM8K", GENERATIVE, 0.0, _load_gsm8k, score_numeric),
+    "HumanEval": TaskSpec("HumanEval", GENERATIVE, 0.0, _load_humaneval, score_humaneval),
+    "SpellingBee": TaskSpec("SpellingBee", GENERATIVE, 0.0, _load_spellingbee, score_numeric),
+}
+DEFAULT_TASKS = tuple(TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The ``TaskSpec`` called ``name``; raises ValueError listing the known names."""
+    if name not in TASKS:
+        raise ValueError(f"unknown ChatCORE task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def load_problems(
+    task: str, split: str = "test", data_dir: str | None = None, max_problems: int | None = None, seed: int = 42
+) -> list[dict]:
+    """The problems of a task in a seeded shuffled order, capped at ``max_problems``.
+
+    Shuffling always happens (nanochat shuffles with seed 42), so a cap takes a random subset, not
+    the first rows (MMLU files are sorted by subject), and a smaller cap is a prefix of a larger one.
+
+    Raises:
+        ValueError: unknown task.
+        DataSourceError: missing local file (named in the message) or unreachable Hub.
+    """
+    problems = get_task(task).load(split, data_dir)
+    order = list(range(len(problems)))
+    random.Random(seed).shuffle(order)
+    if max_problems is not None:
+        order = order[: max(0, max_problems)]
+    return [problems[i] for i in order]
+
+
+def chatcore_metrics(accuracies: dict[str, float]) -> dict[str, float]:
+    """Centered scores (nanochat/scripts/chat_eval.py).
+
+    Args:
+        accuracies: task name -> accuracy in [0, 1].
+
+    Returns:
+        ``{"chatcore_metric": mean of (acc - b)/(1 - b) over the tasks, "chatcore_cat": the same over
+        the categorical tasks}``; a key is absent when it has no task.
+    """
+    centered = {n: (a - get_task(n).baseline) / (1.0 - get_task(n).baseline) for n, a in accuracies.items()}
+    out = {}
+    if centered:
+        out["chatcore_metric"] = sum(centered.values()) / len(centered)
+    cat = [v for n, v in centered.items() if get_task(n).kind == CATEGORICAL]
+    if cat:
+        out["chatcore_cat"] = sum(cat) / len(cat)
+    return out
+
+
+_RENDERERS: dict[int, tuple] = {}
+
+
+def renderer_for(tokenizer) -> ChatRenderer:
+    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the backend: ~0.5 s)."""
+    hit = _RENDERERS.get(id(tokenizer))
+    if hit is None or hit[0] is not tokenizer:
+        hit = _RENDERERS[id(tokenizer)] = (tokenizer, ChatRenderer(tokenizer))
+    return hit[1]
+
+
+def letter_token_ids(tokenizer, letters, encoder=None) -> list[int]:
+    """Token id of each bare letter, encoded ordinarily (nanochat tokenizer: A..D are 65..68).
+
+    Args:
+        encoder: an ``ordinary_encoder(tokenizer)`` to reuse (building one takes ~0.4 s).
+
+    Raises:
+        ValueError: a letter is not a single token.
+    """
+    encoder = encoder or ordinary_encoder(tokenizer)
+    out = []
+    for letter in letters:
+        ids = encoder.encode(letter, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise ValueError(f"answer letter {letter!r} is {len(ids)} tokens {ids}; categorical eval needs one token")
+        out.append(ids[0])
+    return out
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def predict_categorical(model, tokenizer, problems: list[dict], batch_size: int = 32, progress=None) -> list[str]:
+    """The letter each problem's prompt makes most likely among its allowed letters.
+
+    Args:
+        model: HF causal LM; ``model(input_ids).logits`` is ``[B, T, V]`` (or ``[B, K, V]`` with
+            ``logits_to_keep``).
+        problems: categorical problems (``messages``, ``letters``).
+        batch_size: prompts per forward pass.
+        progress: optional callable ``n -> None`` called after each batch with its size.
+
+    Returns:
+        one predicted letter per problem, in input order.
+    """
+    renderer = renderer_for(tokenizer)
+    prompts = [renderer.render_for_completion(p["messages"]) for p in problems]
+    letters_all = sorted({x for p in problems for x in p["letters"]})
+    cache = dict(zip(letters_all, letter_token_ids(tokenizer, letters_all, renderer.encoder)))
+    device = next(model.parameters()).device
+    pad = tokenizer.convert_tokens_to_ids("<|bos|>")
+    keep = _accepts_logits_to_keep(model)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    preds: list[str | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.tensor([prompts[i] + [pad] * (width - len(prompts[i])) for i in idx], device=device)
+        last = [len(prompts[i]) - 1 for i in idx]
+        if keep:
+            positions = sorted(set(last))
+            logits = model(input_ids=ids, logits_to_keep=torch.tensor(positions, device=device), use_cache=False).logits
+            cols = [positions.index(t) for t in last]
+        else:
+            logits = model(input_ids=ids, use_cache=False).logits
+            cols = last
+        for row, (i, col) in enumerate(zip(idx, cols)):
+            letters = problems[i]["letters"]
+            focus = logits[row, col, [cache[x] for x in letters]]
+            preds[i] = letters[int(focus.argmax())]
+        if progress is not None:
+            progress(len(idx))
+    return preds
+
+
+def complete_problems(
+    model,
+    tokenizer,
+    problems: list[dict],
+    batch_size: int = 16,
+    num_samples: int = 1,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> list[list[str]]:
+    """Generate ``num_samples`` replies per problem, ``batch_size`` problems per ``generate`` call.
+
+    Returns:
+        ``out[i][s]``: decoded reply ``s`` of problem ``i`` (tool calls and outputs included as their
+        special-token text), in input order.
+    """
+    renderer = renderer_for(tokenizer)
+    prompts = [renderer.render_for_completion(p["messages"]) for p in problems]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[list[str] | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        gen = generate_batch(
+            model,
+            tokenizer,
+            [prompts[i] for i in idx],
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed + start,
+        )
+        for i, samples in zip(idx, gen):
+            out[i] = [tokenizer.decode(s, skip_special_tokens=False) for s in samples]
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    task: str,
+    problems: list[dict],
+    batch_size: int = 32,
+    generative_batch_size: int = 16,
+    num_samples: int = 1,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> list[bool]:
+    """Whether each problem is solved (pass@``num_samples`` for generative tasks), in input order."""
+    spec = get_task(task)
+    if spec.kind == CATEGORICAL:
+        preds = predict_categorical(model, tokenizer, problems, batch_size, progress)
+        return [pred == p["messages"][-1]["content"] for pred, p in zip(preds, problems)]
+    replies = complete_problems(
+        model, tokenizer, problems, generative_batch_size, num_samples, max_new_tokens, temperature, top_k, seed, progress
+    )
+    flat_problems = [p for p, r in zip(problems, replies) for _ in r]
+    flat = spec.score(flat_problems, [x for r in replies for x in r])
+    passed, k = [], 0
+    for r in replies:
+        passed.append(any(flat[k : k + len(r)]))
+        k += len(r)
+    return passed
+
+
+def run_chatcore(
+    model,
+    tokenizer,
+    tasks=DEFAULT_TASKS,
+    problems: dict[str, list[dict]] | None = None,
+    data_dir: str | None = None,
+    max_categorical: int | None = None,
+    max_generative: int | None = None,
+    batch_size: int = 32,
+    generative_batch_size: int = 16,
+    num_samples: int = 1,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 42,
+    accelerator=None,
+    progress: bool = False,
+) -> dict:
+    """Evaluate ``tasks`` and compute ChatCORE, sharing the work among all processes.
+
+    Args:
+        model: HF causal LM; put in eval mode for the run and restored after. Under ZeRO-3 its weights
+            are gathered for the run (``engine.gathered_for_generation``).
+        tokenizer: tokenizer with the nanochat special tokens.
+        tasks: task names (see ``TASKS``).
+        problems: preloaded problems per task (skips loading); else ``load_problems`` per task.
+        data_dir: local data folder (None: the Hub).
+        max_categorical, max_generative: caps per kind (None: all); nanochat uses 24 for generative
+            tasks during SFT.
+        batch_size, generative_batch_size: prompts per forward pass / per ``generate`` call.
+        num_samples, max_new_tokens, temperature, top_k: generation (pass@k with k = num_samples).
+        seed: problem-subset shuffle and sampling seed.
+        accelerator: optional ``accelerate.Accelerator`` (used for ZeRO-3 unwrapping).
+        progress: show a tqdm bar per task on the main process.
+
+    Returns:
+        ``{"tasks": {name: {"accuracy", "correct", "total", "kind", "baseline"}}, "chatcore_metric",
+        "chatcore_cat"}`` (the last two when defined), identical on every process.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    results = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with gathered_for_generation(model, accelerator) as gen_model:
+            for name in tasks:
+                spec = get_task(name)
+                cap = max_categorical if spec.kind == CATEGORICAL else max_generative
+                if problems is not None and name in problems:
+                    task_problems = problems[name][:cap] if cap is not None else problems[name]
+                else:
+                    task_problems = load_problems(name, "test", data_dir, cap, seed)
+                indices = list(range(len(task_problems)))
+                with state.split_between_processes(indices) as mine:
+                    mine = list(mine)
+                bar = None
+                if progress and state.is_main_process:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=len(mine), desc=name, unit="problem")
+                passed = evaluate_task(
+                    gen_model,
+                    tokenizer,
+                    name,
+                    [task_problems[i] for i in mine],
+                    batch_size=batch_size,
+                    generative_batch_size=generative_batch_size,
+                    num_samples=num_samples,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    seed=seed,
+                    progress=bar.update if bar is not None else None,
+                )
+                if bar is not None:
+                    bar.close()
+                outcomes = gather_object([(i, bool(p)) for i, p in zip(mine, passed)]) if state.num_processes > 1 else list(zip(mine, passed))
+                correct = sum(int(p) for _, p in dict(outcomes).items())
+                total = len(task_problems)
+                results[name] = {
+                    "accuracy": correct / total if total else 0.0,
+                    "correct": correct,
+                    "total": total,
+                    "kind": spec.kind,
+                    "baseline": spec.baseline,
+                }
+    finally:
+        model.train(was_training)
+    out = {"tasks": results}
+    out.update(chatcore_metrics({n: r["accuracy"] for n, r in results.items() if r["total"]}))
+    return out
+
+
+def log_metrics(results: dict) -> dict[str, float]:
+    """Flatten ``run_chatcore`` results for ``Trainer.log``: ``chatcore/<task>``, ``chatcore_metric``,
+    ``chatcore_cat``."""
+    logs = {f"chatcore/{name}": r["accuracy"] for name, r in results["tasks"].items()}
+    for key in ("chatcore_metric", "chatcore_cat"):
+        if key in results:
+            logs[key] = results[key]
+    return logs

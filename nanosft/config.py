@@ -1,0 +1,244 @@
+"""``NanoSFTConfig``: one YAML file is one reproducible run.
+
+``NanoSFTConfig`` extends ``trl.SFTConfig`` (itself ``transformers.TrainingArguments``), so every TRL and
+Trainer option is a YAML key, plus the nanosft recipe keys below. ``load_config`` checks every key and
+type *before* anything heavy loads: an unknown key or a wrong type raises ``ConfigError`` naming the key
+(and the file). ``--set key=value`` overrides single keys on the command line (values parsed as YAML).
+
+Defaults that differ from TRL's, and why:
+- ``bf16``: auto (on only where CUDA supports it); TRL defaults it on, even on CPU.
+- ``gradient_checkpointing``: off (nanochat does not use it; TRL defaults it on).
+- ``remove_unused_columns``: off (packed rows carry ``seq_lengths``, which the collator needs).
+- ``dataset_kwargs``: ``skip_prepare_dataset`` (data arrive rendered and packed; TRL would re-truncate).
+- ``logging_steps``: 1; ``report_to``: none (offline-safe; set tensorboard/trackio/wandb).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from trl import SFTConfig
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or has the wrong type; the message names the key."""
+
+
+@dataclass
+class NanoSFTConfig(SFTConfig):
+    """Configuration of a nanosft run: TRL's ``SFTConfig`` plus the nanochat SFT recipe."""
+
+    # --- model and tokenizer ---
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model: a Hub id, a local HF folder, or a nanochat checkpoint folder."}
+    )
+    model_config: dict | None = field(
+        default=None,
+        metadata={"help": "Build a fresh NanoChatForCausalLM from these NanoChatConfig kwargs (tests, smoke runs)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer: a nanochat tokenizer folder (tokenizer.tiktoken), a Hub id or HF folder. "
+                  "Default: the model's."},
+    )
+    add_special_tokens: bool = field(
+        default=True, metadata={"help": "Add the 9 nanochat special tokens (and resize the model) where missing."}
+    )
+    # --- data ---
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local data folder (../shared/data layout). None: load datasets from the Hugging Face Hub."},
+    )
+    datasets: list = field(
+        default_factory=lambda: [{"name": "gsm8k"}],
+        metadata={"help": "Training mixture: list of {name, split, epochs, max_rows, size, subset, path, hub_id}."},
+    )
+    eval_datasets: list | None = field(
+        default=None, metadata={"help": "Validation mixture (same format); used for eval loss and bits per byte."}
+    )
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "Skip invalid conversations (counted and logged) instead of failing."}
+    )
+    mixture_seed: int = field(default=42, metadata={"help": "Seed of the mixture shuffle (nanochat: 42)."})
+    # --- packing ---
+    pack_buffer_size: int = field(default=100, metadata={"help": "Conversations held for best-fit packing."})
+    attention: str = field(
+        default="document",
+        metadata={"help": "'document': no attention across packed conversations; 'causal': nanochat's behaviour."},
+    )
+    total_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per optimizer step; sets gradient_accumulation_steps = total / (B * T * world)."},
+    )
+    # --- optimizer and schedule (nanochat/scripts/chat_sft.py) ---
+    optimizer: str = field(default="muon", metadata={"help": "'muon' (Muon + AdamW) or 'adamw'."})
+    embedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of embed_tokens (None: inherit)."})
+    unembedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of lm_head (None: inherit)."})
+    matrix_lr: float | None = field(default=None, metadata={"help": "Muon LR of block matrices (None: inherit)."})
+    scalar_lr: float | None = field(default=None, metadata={"help": "AdamW LR of 1-D params (None: inherit)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of the run with linear LR warmup (nanochat: 0)."})
+    init_lr_frac: float = field(default=0.8, metadata={"help": "All LRs times this at the start of SFT."})
+    warmdown_ratio: float = field(default=0.5, metadata={"help": "Fraction of the run over which LR decays linearly."})
+    final_lr_frac: float = field(default=0.0, metadata={"help": "LR at the end, as a fraction of the initial LR."})
+    optimizer_kwargs: dict | None = field(
+        default=None, metadata={"help": "Extra kwargs for nanosft.muon.build_optimizer (momentum, normuon, ...)."}
+    )
+    load_optimizer: bool = field(
+        default=True, metadata={"help": "Warm-start optimizer state (momentum) from the base checkpoint if present."}
+    )
+    # --- evaluation ---
+    chatcore_every: int = field(default=-1, metadata={"help": "Run ChatCORE every N steps (-1: off)."})
+    chatcore_tasks: list | None = field(default=None, metadata={"help": "ChatCORE tasks (None: all six)."})
+    chatcore_max_categorical: int | None = field(default=None, metadata={"help": "Cap on categorical problems."})
+    chatcore_max_generative: int | None = field(default=24, metadata={"help": "Cap on generative problems."})
+    # --- adapters ---
+    peft: dict | None = field(default=None, metadata={"help": "LoRA: {r, lora_alpha, target_modules, lora_dropout}."})
+
+    # --- TRL / Trainer defaults changed for this recipe ---
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Packed rows need their extra columns."})
+    dataset_kwargs: dict | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "TRL dataset preparation is skipped: nanosft renders and packs."},
+    )
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    max_length: int | None = field(default=2048, metadata={"help": "T: tokens per packed row (nanochat: 2048)."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            import torch
+
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if self.attention not in ("document", "causal"):
+            raise ConfigError(f"attention: must be 'document' or 'causal', got {self.attention!r}")
+        if self.optimizer not in ("muon", "adamw"):
+            raise ConfigError(f"optimizer: must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.model_name_or_path is None and self.model_config is None:
+            raise ConfigError("model_name_or_path: set it (Hub id or folder), or give model_config for a fresh model")
+        if self.max_length is None or self.max_length < 8:
+            raise ConfigError(f"max_length: must be an integer >= 8, got {self.max_length!r}")
+        super().__post_init__()
+        if self.total_batch_size:
+            per_step = self.per_device_train_batch_size * self.max_length * self.world_size
+            if self.total_batch_size % per_step:
+                raise ConfigError(
+                    f"total_batch_size: {self.total_batch_size} tokens is not a multiple of per_device_train_batch_size"
+                    f" * max_length * world_size = {per_step}"
+                )
+            self.gradient_accumulation_steps = self.total_batch_size // per_step
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NanoSFTConfig)}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether ``value`` fits the annotation ``tp`` (the subset of typing used by the configs)."""
+    if tp is Any or tp is typing.Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None) or tp is None:
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is list:
+        return isinstance(value, list)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp} or isinstance(value, tp)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # an annotation the configs never use: let the dataclass decide
+
+
+def _annotation(name: str):
+    hints = typing.get_type_hints(NanoSFTConfig)
+    return hints.get(name, _FIELDS[name].type)
+
+
+def validate_dict(d: dict, source: str = "config") -> None:
+    """Reject unknown keys and wrong types, naming the key and ``source``.
+
+    Raises:
+        ConfigError: e.g. ``"configs/x.yaml: unknown key 'learning_rte' (did you mean 'learning_rate'?)"``.
+    """
+    import difflib
+
+    from .data import DatasetSpec
+
+    for key, value in d.items():
+        if key not in _FIELDS:
+            near = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        tp = _annotation(key)
+        if not _type_ok(value, tp):
+            raise ConfigError(
+                f"{source}: key {key!r} expects {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}"
+            )
+    for key in ("datasets", "eval_datasets"):
+        for i, spec in enumerate(d.get(key) or []):
+            DatasetSpec.from_dict(spec, where=f"{source}: {key}[{i}]")
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["max_steps=3", "data_dir=../shared/data"]`` -> ``{"max_steps": 3, "data_dir": "../shared/data"}``."""
+    out = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def read_config_dict(path: str, overrides: list[str] | None = None) -> dict:
+    """Read a YAML config, apply ``--set`` overrides and validate, without building anything.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        ConfigError: malformed YAML, unknown key or wrong type.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    validate_dict(d, path)
+    extra = parse_overrides(overrides)
+    validate_dict(extra, "--set")
+    d.update(extra)
+    return d
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> NanoSFTConfig:
+    """Read, validate and build a ``NanoSFTConfig`` (see ``read_config_dict``)."""
+    d = read_config_dict(path, overrides)
+    try:
+        return NanoSFTConfig(**d)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from e

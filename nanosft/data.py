@@ -1,0 +1,188 @@
+"""The training mixture: named datasets -> validated conversations -> shuffled -> rendered tokens.
+
+A mixture is a list of ``DatasetSpec`` (one YAML entry each). Each spec names a loader in ``LOADERS``
+(local ``data_dir`` or the Hugging Face Hub), may repeat for several ``epochs`` (nanochat repeats GSM8K
+4x and MMLU 3x) and may be capped by ``max_rows``. Everything is loaded, validated and rendered before
+the model is built, so a missing file or a malformed row fails in seconds, not after a model download.
+The mixture is shuffled once with ``random.Random(seed)`` (nanochat's TaskMixture, seed 42), then
+rendered with one batched encode per 1,000 conversations (``ChatRenderer.render_batch``).
+
+The result is a ``datasets.Dataset`` with columns ``input_ids``, ``assistant_masks`` (TRL's name for the
+assistant mask) and ``source``; TRL treats it as pre-tokenized.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from functools import partial
+
+from .tasks import DataSourceError, gpteacher, gsm8k, identity, load_hub, read_jsonl, require_file, spellingbee
+from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
+
+logger = logging.getLogger(__name__)
+
+
+def _hub_messages(split="train", data_dir=None, hub_id=None, column="messages", subset=None):
+    if hub_id is None:
+        raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id with a messages column)")
+    ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
+    return [row[column] for row in ds]
+
+
+def _jsonl_messages(split="train", data_dir=None, path=None):
+    if path is None:
+        raise DataSourceError("dataset `jsonl` needs `path:` (a JSON-lines file, one conversation per line)")
+    rows = read_jsonl(require_file(path, "Check the `path:` of this dataset in the config."))
+    return [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in rows]
+
+
+# name -> loader(split, data_dir, **options) returning a list of raw conversations.
+LOADERS = {
+    "gsm8k": gsm8k.load_conversations,
+    "identity": identity.load_conversations,
+    "spellingbee": partial(spellingbee.load_conversations, kind="spellingbee"),
+    "simplespelling": partial(spellingbee.load_conversations, kind="simplespelling"),
+    "gpteacher": gpteacher.load_conversations,
+    "smoltalk": partial(_hub_messages, hub_id="HuggingFaceTB/smol-smoltalk"),
+    "hub": _hub_messages,
+    "jsonl": _jsonl_messages,
+}
+
+
+@dataclass
+class DatasetSpec:
+    """One entry of the mixture.
+
+    Attributes:
+        name: a key of ``LOADERS``.
+        split: dataset split ("train", "test").
+        epochs: how many times the dataset enters the mixture (int >= 1).
+        max_rows: keep the first N rows (before repetition); None keeps all.
+        size: number of synthetic examples (spellingbee, simplespelling).
+        subset: loader-specific subset (gpteacher: codegen/roleplay/toolformer; hub: config name).
+        path: file for ``jsonl`` (or to override the identity file).
+        hub_id: dataset id for ``hub``.
+        column: messages column for ``hub``.
+    """
+
+    name: str
+    split: str = "train"
+    epochs: int = 1
+    max_rows: int | None = None
+    size: int | None = None
+    subset: str | None = None
+    path: str | None = None
+    hub_id: str | None = None
+    column: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "datasets") -> "DatasetSpec":
+        """Build from a YAML mapping; unknown keys, unknown names and bad types raise ``ValueError``."""
+        if isinstance(d, str):
+            d = {"name": d}
+        if not isinstance(d, dict) or "name" not in d:
+            raise ValueError(f"{where}: each dataset needs a `name:` (one of {sorted(LOADERS)}), got {d!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
+        if d["name"] not in LOADERS:
+            raise ValueError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
+        for key in ("epochs", "max_rows", "size"):
+            if d.get(key) is not None and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
+                raise ValueError(f"{where}: `{key}` of dataset {d['name']!r} must be a positive integer, got {d[key]!r}")
+        return cls(**d)
+
+    @property
+    def label(self) -> str:
+        """A readable name for logs and errors, e.g. ``gsm8k[train]``."""
+        extra = self.subset or self.hub_id or self.path
+        return f"{self.name}{'/' + extra if extra else ''}[{self.split}]"
+
+    def load(self, data_dir: str | None) -> list:
+        """Raw conversations of this dataset (one epoch, ``max_rows`` applied)."""
+        kwargs = {k: getattr(self, k) for k in ("size", "subset", "path", "hub_id", "column") if getattr(self, k)}
+        convs = LOADERS[self.name](split=self.split, data_dir=data_dir, **kwargs)
+        return convs[: self.max_rows] if self.max_rows else convs
+
+
+class DataValidationError(ValueError):
+    """A row of a dataset is not a valid conversation; the message names dataset, row and reason."""
+
+
+def load_mixture(
+    specs: list[DatasetSpec], data_dir: str | None, seed: int = 42, skip_invalid: bool = False
+) -> tuple[list[list[dict]], list[str]]:
+    """Load, validate and shuffle a mixture.
+
+    Returns:
+        ``(conversations, sources)``: normalized conversations (see ``normalize_conversation``) in
+        shuffled order, and the ``label`` of the dataset each came from.
+
+    Raises:
+        DataSourceError: a file is missing or a Hub dataset cannot be loaded.
+        DataValidationError: a row is invalid and ``skip_invalid`` is False, e.g.
+            ``"dataset jsonl/my.jsonl[train], row 17: message 2: roles must alternate ..."``.
+    """
+    items: list[tuple[list[dict], str]] = []
+    for spec in specs:
+        raw = spec.load(data_dir)
+        valid, skipped = [], 0
+        for row, conv in enumerate(raw):
+            try:
+                valid.append(normalize_conversation(conv))
+            except ConversationError as e:
+                if not skip_invalid:
+                    raise DataValidationError(
+                        f"dataset {spec.label}, row {row}: {e}. Fix the row, or set `skip_invalid: true` to skip such rows."
+                    ) from None
+                skipped += 1
+        if skipped:
+            logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid)", spec.label, skipped, len(raw))
+        if not valid:
+            raise DataValidationError(f"dataset {spec.label}: no valid conversations")
+        items += [(c, spec.label) for c in valid] * spec.epochs
+        logger.info("dataset %s: %d conversations x %d epochs", spec.label, len(valid), spec.epochs)
+    random.Random(seed).shuffle(items)
+    return [c for c, _ in items], [s for _, s in items]
+
+
+def render_dataset(renderer: ChatRenderer, conversations: list, sources: list[str], chunk: int = 1000,
+                   name: str = "train"):
+    """Render normalized conversations into a pre-tokenized ``datasets.Dataset``.
+
+    Returns:
+        Dataset with ``input_ids`` (list[int]), ``assistant_masks`` (list[int], 0/1) and ``source``.
+    """
+    import datasets
+
+    renderer.stats = RenderStats()
+    ids, masks = [], []
+    for i in range(0, len(conversations), chunk):
+        for x, m in renderer.render_batch(conversations[i : i + chunk], normalized=True):
+            ids.append(x)
+            masks.append(m)
+    renderer.log_stats(name)
+    return datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks, "source": list(sources)})
+
+
+def supervision_stats(dataset) -> dict[str, dict[str, float]]:
+    """Per source: conversations, tokens, supervised tokens, their ratio, and mean/max length (tokens)."""
+    acc = defaultdict(lambda: {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0})
+    for ids, mask, src in zip(dataset["input_ids"], dataset["assistant_masks"], dataset["source"]):
+        a = acc[src]
+        a["conversations"] += 1
+        a["tokens"] += len(ids)
+        a["supervised"] += sum(mask)
+        a["max_len"] = max(a["max_len"], len(ids))
+    out = {}
+    for src, a in sorted(acc.items()):
+        out[src] = {
+            **a,
+            "supervised_ratio": a["supervised"] / max(a["tokens"], 1),
+            "mean_len": a["tokens"] / max(a["conversations"], 1),
+        }
+    return out

@@ -1,0 +1,108 @@
+"""ChatCORE from the command line (nanochat/scripts/chat_eval.py, for any HF checkpoint).
+
+    python -m nanosft.eval --model out/checkpoint-500 --tasks ARC-Easy,GSM8K --max-problems 100 \\
+        --data-dir ../shared/data
+
+Loads the checkpoint with ``AutoModelForCausalLM``/``AutoTokenizer`` (the tokenizer must hold the
+nanochat special tokens: nanosft checkpoints do), evaluates each task with a progress bar, prints a
+table and writes ``chatcore.json`` into the checkpoint folder (temp file + ``os.replace``, so a
+reader never sees half a file). Runs under ``accelerate launch`` too: problems are split among the
+processes and only the main one prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+
+def format_table(results: dict) -> str:
+    """A fixed-width table: task, kind, correct/total, accuracy, centered score; then ChatCORE rows."""
+    lines = [f"{'task':<14} {'kind':<12} {'correct':>10} {'accuracy':>9} {'centered':>9}"]
+    for name, r in results["tasks"].items():
+        centered = (r["accuracy"] - r["baseline"]) / (1 - r["baseline"])
+        lines.append(f"{name:<14} {r['kind']:<12} {r['correct']:>5}/{r['total']:<4} {r['accuracy']:>9.4f} {centered:>9.4f}")
+    for key in ("chatcore_cat", "chatcore_metric"):
+        if key in results:
+            lines.append(f"{key:<14} {'':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write JSON to ``path`` via a temp file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".chatcore.", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parse_args(argv=None):
+    from .chatcore import DEFAULT_TASKS
+
+    p = argparse.ArgumentParser(prog="python -m nanosft.eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="checkpoint folder (AutoModelForCausalLM + AutoTokenizer)")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
+    p.add_argument("--max-problems", type=int, default=None, help="cap per task (seeded random subset)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: the Hugging Face Hub)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (categorical)")
+    p.add_argument("--generative-batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per problem (pass@k)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--output", default=None, help="JSON path (default: <model>/chatcore.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Run the CLI; returns the results dict (also written as JSON)."""
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .chatcore import run_chatcore
+
+    args = parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    state = PartialState()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(state.device)
+    t0 = time.time()
+    results = run_chatcore(
+        model,
+        tokenizer,
+        tasks,
+        data_dir=args.data_dir,
+        max_categorical=args.max_problems,
+        max_generative=args.max_problems,
+        batch_size=args.batch_size,
+        generative_batch_size=args.generative_batch_size,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        progress=True,
+    )
+    results["model"] = os.path.abspath(args.model)
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("model", "output")}
+    results["seconds"] = round(time.time() - t0, 2)
+    if state.is_main_process:
+        print(format_table(results))
+        write_json_atomic(args.output or os.path.join(args.model, "chatcore.json"), results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""GPTeacher general instructions (teknium1/GPTeacher): codegen, roleplay, toolformer.
+
+Each ``{instruction, input, response}`` becomes one user/assistant turn; a non-empty ``input`` is
+appended to the instruction after a blank line (the Alpaca convention). Local:
+``<data_dir>/gpteacher/<subset>-instruct.json``; Hub: ``teknium/GPTeacher-General-Instruct``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import DataSourceError, load_hub, require_file
+
+SUBSETS = ("codegen", "roleplay", "toolformer")
+
+
+def to_conversation(row: dict) -> list[dict]:
+    """One instruction row as a conversation."""
+    prompt = row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["response"]}]
+
+
+def load_conversations(split: str = "train", data_dir: str | None = None, subset: str = "codegen") -> list:
+    """All conversations of one subset (only a train split exists)."""
+    if subset not in SUBSETS:
+        raise DataSourceError(f"unknown GPTeacher subset {subset!r}; choose one of {SUBSETS}")
+    if data_dir is None:
+        return [to_conversation(r) for r in load_hub("teknium/GPTeacher-General-Instruct", split="train")]
+    path = os.path.join(data_dir, "gpteacher", f"{subset}-instruct.json")
+    require_file(path, "Get it from github.com/teknium1/GPTeacher (<subset>/<subset>-instruct.json).")
+    with open(path, encoding="utf-8") as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataSourceError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    return [to_conversation(r) for r in rows]

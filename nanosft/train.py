@@ -1,0 +1,189 @@
+"""The SFT recipe: ``accelerate launch -m nanosft.train --config configs/tiny.yaml [--set key=value ...]``.
+
+Read top to bottom: config -> tokenizer -> data (load, validate, render, pack) -> model -> trainer ->
+train -> save. Data come before the model so that a missing file or a malformed row fails in seconds.
+Outputs in ``output_dir``: ``checkpoint-<step>/`` folders (resumable), the final HF model (safetensors,
+config, generation config with ``<|assistant_end|>`` as EOS, tokenizer with the chat template),
+``run_config.json`` (resolved config + versions), ``data_stats.json`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+logger = logging.getLogger("nanosft.train")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nanosft.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/d12.yaml, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), e.g. --set max_steps=3")
+    return p.parse_args(argv)
+
+
+def load_tokenizer(cfg):
+    """The tokenizer named by the config, with the nanochat special tokens and chat template."""
+    from transformers import AutoTokenizer
+
+    from .tokenizer import add_nanochat_special_tokens, build_nanochat_tokenizer
+
+    path = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    if path and os.path.isfile(os.path.join(path, "tokenizer.tiktoken")):
+        return build_nanochat_tokenizer(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if cfg.add_special_tokens:
+        add_nanochat_special_tokens(tokenizer)
+    return tokenizer
+
+
+def build_datasets(cfg, tokenizer):
+    """Load, validate, render and pack the train (and eval) mixtures.
+
+    Returns:
+        ``(train_rows, eval_rows | None, stats)`` where stats maps dataset label -> supervision stats.
+    """
+    from .data import DatasetSpec, load_mixture, render_dataset, supervision_stats
+    from .packing import pack_dataset
+    from .template import ChatRenderer
+
+    renderer = ChatRenderer(tokenizer, max_tokens=cfg.max_length + 1)
+    specs = [DatasetSpec.from_dict(d) for d in cfg.datasets]
+    convs, sources = load_mixture(specs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
+    rendered = render_dataset(renderer, convs, sources)
+    stats = supervision_stats(rendered)
+    for src, s in stats.items():
+        logger.info("%-32s %6d conv  mean %6.1f tok  max %5d  supervised %.1f%%", src, s["conversations"],
+                    s["mean_len"], s["max_len"], 100 * s["supervised_ratio"])
+    check_supervision(rendered, tokenizer)
+    train_rows = pack_dataset(rendered, cfg.max_length, cfg.pack_buffer_size)
+    eval_rows = None
+    if cfg.eval_datasets:
+        especs = [DatasetSpec.from_dict(d) for d in cfg.eval_datasets]
+        econvs, esources = load_mixture(especs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
+        eval_rows = pack_dataset(render_dataset(renderer, econvs, esources, name="eval"), cfg.max_length, cfg.pack_buffer_size)
+    return train_rows, eval_rows, stats
+
+
+def check_supervision(rendered, tokenizer, first: int = 256) -> None:
+    """Refuse to train when the first conversations supervise nothing or never ``<|assistant_end|>``.
+
+    Raises:
+        ValueError: naming what is missing and what to check (template, masks).
+    """
+    from .tokenizer import ASSISTANT_END
+
+    end_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END)
+    n = min(first, len(rendered))
+    sup = end = 0
+    for ids, mask in zip(rendered["input_ids"][:n], rendered["assistant_masks"][:n]):
+        sup += sum(mask)
+        end += sum(1 for t, m in zip(ids, mask) if m and t == end_id)
+    if sup == 0:
+        raise ValueError(f"no supervised token in the first {n} conversations: check the datasets' assistant turns")
+    if end == 0:
+        raise ValueError(f"no supervised <|assistant_end|> in the first {n} conversations: the model would never "
+                         "learn to stop; check the chat format")
+
+
+def load_model(cfg, tokenizer):
+    """The base model: fresh from ``model_config`` or ``from_pretrained(model_name_or_path)``.
+
+    The embeddings are resized to the tokenizer, ``padding_idx`` is released (every special token row
+    must train), and the generation config stops at ``<|assistant_end|>``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, NanoChatConfig, NanoChatForCausalLM
+
+    from .tokenizer import ASSISTANT_END, BOS, release_padding_idx
+
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    if cfg.model_config is not None:
+        mc = dict(cfg.model_config)
+        mc.setdefault("vocab_size", len(tokenizer))
+        mc.setdefault("max_position_embeddings", cfg.max_length)
+        model = NanoChatForCausalLM(NanoChatConfig(pad_token_id=None, **mc)).to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    release_padding_idx(model)
+    end_id, bos_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END), tokenizer.convert_tokens_to_ids(BOS)
+    model.config.bos_token_id = bos_id
+    model.config.eos_token_id = end_id
+    model.generation_config.bos_token_id = bos_id
+    model.generation_config.eos_token_id = end_id
+    model.generation_config.pad_token_id = bos_id  # generate() needs one; only used to fill finished rows
+    model.config.use_cache = True  # for serving; compute_loss passes use_cache=False in training
+    return model
+
+
+def versions() -> dict:
+    """Versions of the libraries a run depends on."""
+    import accelerate
+    import torch
+    import transformers
+    import trl
+
+    from . import __version__
+
+    return {"nanosft": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "accelerate": accelerate.__version__, "python": sys.version.split()[0]}
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .config import load_config, read_config_dict
+
+    raw = read_config_dict(args.config, args.overrides)  # validates before anything heavy
+    cfg = load_config(args.config, args.overrides)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
+    from transformers import set_seed
+
+    from .trainer import NanoSFTTrainer
+
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg)
+    train_rows, eval_rows, stats = build_datasets(cfg, tokenizer)
+    model = load_model(cfg, tokenizer)
+    logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
+
+    peft_config = None
+    if cfg.peft:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.peft)
+    trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
+                             processing_class=tokenizer, peft_config=peft_config,
+                             base_model_path=cfg.model_name_or_path)
+    if trainer.is_world_process_zero():
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        write_json(os.path.join(cfg.output_dir, "run_config.json"),
+                   {"config_file": args.config, "config": raw, "overrides": args.overrides,
+                    "training_args": cfg.to_dict(), "versions": versions()})
+        write_json(os.path.join(cfg.output_dir, "data_stats.json"), stats)
+    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    trainer.save_model(cfg.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(cfg.output_dir)
+        write_json(os.path.join(cfg.output_dir, "metrics.json"),
+                   {"train": result.metrics, "log_history": trainer.state.log_history})
+        logger.info("saved the chat model to %s", cfg.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

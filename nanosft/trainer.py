@@ -1,0 +1,179 @@
+"""``NanoSFTTrainer``: TRL's ``SFTTrainer`` with nanochat's packing, loss, optimizer and schedule.
+
+Each override changes one TRL/transformers behaviour, for one reason:
+
+- ``__init__``: the data collator is ``PackedCollator`` (fixed ``[B, T]`` best-fit rows, position ids
+  restarting per conversation); TRL's own dataset preparation is skipped (``skip_prepare_dataset``):
+  the rows arrive rendered by ``ChatRenderer`` and packed by ``pack_dataset``.
+- ``compute_loss``: logits only at supervised positions (``logits_to_keep`` with a boolean mask; about
+  58% of the tokens of a chat mix are supervised, and with a 65K vocabulary the head and the loss
+  dominate a small model's step), summed, and divided by the number of supervised tokens of the whole
+  optimizer step: all micro-batches and all ranks (``num_items_in_batch``, which the Trainer gathers
+  across ranks). TRL's fused lm-head path costs ~2x on CPU (hf-integration.md).
+- ``create_optimizer``: ``nanosft.muon.build_optimizer`` (Muon on block matrices, AdamW on embeddings,
+  lm_head and scalars) through ``optimizer_cls_and_kwargs``; warm start from the base checkpoint.
+- ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.schedule``).
+- ``log``: adds tokens/s and supervised tokens/s (TRL's ``num_tokens`` counts ``position_ids.size(1)``
+  without an attention mask, undercounting a multi-row batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+from .packing import IGNORE_INDEX, PackedCollator
+from .tokenizer import BOS
+
+logger = logging.getLogger(__name__)
+
+
+class NanoSFTTrainer(SFTTrainer):
+    """SFT trainer for packed nanochat-format data.
+
+    Args:
+        model: a ``PreTrainedModel`` (or a PEFT model), already carrying the nanochat special tokens.
+        args: ``nanosft.config.NanoSFTConfig``.
+        train_dataset: packed rows from ``nanosft.packing.pack_dataset``.
+        eval_dataset: packed rows, or None.
+        processing_class: the tokenizer (saved with every checkpoint).
+        callbacks, peft_config: as in ``trl.SFTTrainer``.
+        base_model_path: where to look for optimizer state to warm-start from (``load_optimizer``).
+
+    Raises:
+        ValueError: from TRL for inconsistent options; ``data_collator`` cannot be overridden.
+    """
+
+    # compute_loss divides by the supervised tokens of the whole step, so the Trainer must not divide
+    # again by the gradient-accumulation steps.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model, args, train_dataset, eval_dataset=None, processing_class=None, callbacks=None,
+                 peft_config=None, base_model_path: str | None = None, **kwargs):
+        if "data_collator" in kwargs:
+            raise ValueError("NanoSFTTrainer builds its own PackedCollator; do not pass data_collator")
+        attn = getattr(model.config, "_attn_implementation", None) or ""
+        collator = PackedCollator(
+            args.max_length,
+            pad_token_id=processing_class.convert_tokens_to_ids(BOS),
+            attention=args.attention,
+            flatten="flash" in attn,
+        )
+        self.base_model_path = base_model_path
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        # Always count supervised tokens per step (the Trainer only does when the model "accepts loss
+        # kwargs", which PEFT wrappers hide); compute_loss relies on it.
+        self.model_accepts_loss_kwargs = True
+        self._tok_clock = (time.perf_counter(), 0, 0)
+        self._tokens_seen = [0, 0]  # real input tokens, supervised tokens
+
+    # ----- loss -----
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Sum of token cross-entropies (nats) at supervised positions / supervised tokens in the step.
+
+        ``inputs["labels"]`` holds already-shifted targets ([B, T], -100 = ignored). Returns a scalar
+        float32 tensor; with ``return_outputs`` also the model output (``logits`` of shape [N, V] for the
+        N supervised positions).
+        """
+        mode = "train" if model.training else "eval"
+        labels = inputs.pop("labels")
+        inputs.pop("shift_labels", None)
+        real_tokens = inputs.pop("real_tokens", None)
+        keep = labels != IGNORE_INDEX
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        logits = outputs.logits
+        if logits.dim() == 3:  # a model that ignores a boolean logits_to_keep
+            logits = logits[keep]
+        targets = labels[keep]
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        local = keep.sum()
+        denom = num_items_in_batch if num_items_in_batch is not None else local
+        loss = loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
+        if mode == "train" and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # DDP averages gradients over ranks while the denominator already counts every rank's tokens.
+            loss = loss * self.accelerator.num_processes
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == targets).sum()
+            stats = torch.stack([correct, local, torch.as_tensor(real_tokens if real_tokens is not None else 0)])
+            stats = self.accelerator.gather_for_metrics(stats.to(loss.device).reshape(1, 3)).sum(0)
+        n_sup = int(stats[1])
+        self._metrics[mode]["mean_token_accuracy"].append(float(stats[0]) / max(n_sup, 1))
+        if mode == "train":
+            self._tokens_seen[0] += int(stats[2])
+            self._tokens_seen[1] += n_sup
+            self._metrics[mode]["num_tokens"] = [self._tokens_seen[0]]
+            self._metrics[mode]["num_supervised_tokens"] = [self._tokens_seen[1]]
+        return (loss, outputs) if return_outputs else loss
+
+    # ----- optimizer and schedule -----
+    def create_optimizer(self, model=None):
+        """Build MuonAdamW/AdamW via ``optimizer_cls_and_kwargs`` and warm-start it (``load_optimizer``)."""
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None and not self.is_deepspeed_enabled:
+            from .muon import build_optimizer
+
+            self.optimizer_cls_and_kwargs = (build_optimizer, optimizer_kwargs(self.args, self.model))
+        optimizer = super().create_optimizer(model)
+        if self.args.load_optimizer and self.base_model_path and not getattr(self, "_warm_started", False):
+            from .muon import load_warm_start
+
+            self._warm_started = load_warm_start(optimizer, self.base_model_path)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """nanochat's schedule: warmup, constant, linear warmdown to ``final_lr_frac``."""
+        if self.lr_scheduler is None:
+            from .schedule import build_scheduler
+
+            self.lr_scheduler = build_scheduler(
+                optimizer or self.optimizer,
+                num_training_steps,
+                warmup_ratio=self.args.warmup_ratio,
+                warmdown_ratio=self.args.warmdown_ratio,
+                final_lr_frac=self.args.final_lr_frac,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ----- logging -----
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        """Add ``tokens_per_second`` and ``supervised_tokens_per_second`` since the previous log (train)."""
+        if self.model.training and "loss" in logs:
+            now = time.perf_counter()
+            t0, n0, s0 = self._tok_clock
+            dt = max(now - t0, 1e-9)
+            logs["tokens_per_second"] = round((self._tokens_seen[0] - n0) / dt, 1)
+            logs["supervised_tokens_per_second"] = round((self._tokens_seen[1] - s0) / dt, 1)
+            self._tok_clock = (now, *self._tokens_seen)
+        super().log(logs, start_time)
+
+
+def optimizer_kwargs(args, model) -> dict:
+    """Keyword arguments for ``nanosft.muon.build_optimizer`` from a ``NanoSFTConfig``.
+
+    LRs left as None are filled by ``nanosft.schedule.resolve_learning_rates`` in ``train.py``; here
+    None means "use build_optimizer's nanochat default". ``init_lr_frac`` scales every group.
+    """
+    kw = {
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "init_lr_frac": args.init_lr_frac,
+    }
+    for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    kw.update(args.optimizer_kwargs or {})
+    return kw

@@ -1,0 +1,106 @@
+"""Config validation: unknown keys, wrong types and missing data fail early, naming the key or path."""
+
+import os
+
+import pytest
+
+from nanosft.config import ConfigError, load_config, read_config_dict
+from nanosft.data import DatasetSpec, load_mixture
+from nanosft.tasks import DataSourceError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+BASE = "model_config: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}}\noutput_dir: {out}\n"
+
+
+def test_unknown_key_is_rejected_with_its_name_and_a_suggestion(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "learning_rte: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        read_config_dict(path)
+
+
+def test_wrong_type_is_rejected_with_the_key_name(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "max_steps: three\n")
+    with pytest.raises(ConfigError, match="key 'max_steps' expects int, got str"):
+        read_config_dict(path)
+
+
+def test_bool_is_not_accepted_as_int(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "per_device_train_batch_size: true\n")
+    with pytest.raises(ConfigError, match="per_device_train_batch_size"):
+        read_config_dict(path)
+
+
+def test_unknown_dataset_name_and_key_are_rejected(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "datasets: [{name: smoltolk}]\n")
+    with pytest.raises(ValueError, match="unknown dataset name 'smoltolk'"):
+        read_config_dict(path)
+    path = write(tmp_path, BASE.format(out=tmp_path) + "datasets: [{name: gsm8k, epoch: 2}]\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]"):
+        read_config_dict(path)
+
+
+def test_set_overrides_single_keys_and_is_validated(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path))
+    cfg = load_config(path, ["max_steps=3", "attention=causal", "data_dir=/x"])
+    assert (cfg.max_steps, cfg.attention, cfg.data_dir) == (3, "causal", "/x")
+    with pytest.raises(ConfigError, match="--set: unknown key 'max_stepz'"):
+        load_config(path, ["max_stepz=3"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["max_steps"])
+
+
+def test_bad_enum_value_is_rejected(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "attention: bidirectional\n")
+    with pytest.raises(ConfigError, match="attention"):
+        load_config(path)
+
+
+def test_missing_data_file_names_the_path_and_how_to_get_it(tmp_path):
+    specs = [DatasetSpec.from_dict({"name": "gsm8k"})]
+    with pytest.raises(DataSourceError) as e:
+        load_mixture(specs, str(tmp_path))
+    msg = str(e.value)
+    assert os.path.join(str(tmp_path), "gsm8k", "train.jsonl") in msg and "grade-school-math" in msg
+
+
+def test_missing_data_fails_before_the_model_loads(tmp_path, monkeypatch):
+    """The recipe reads data before building the model: a missing file never costs a model load."""
+    import nanosft.train as train
+
+    def boom(*a, **k):
+        raise AssertionError("model loaded before data were checked")
+
+    monkeypatch.setattr(train, "load_model", boom)
+    tok = os.path.join(REPO, "..", "shared", "data", "nanochat_tokenizer")
+    path = write(tmp_path, BASE.format(out=tmp_path / "out") + f"tokenizer_name_or_path: {tok}\ndata_dir: {tmp_path}\n")
+    with pytest.raises(DataSourceError, match="train.jsonl"):
+        train.main(["--config", path])
+
+
+@pytest.mark.parametrize("name,dim", [("d12", 768), ("d20", 1280)])
+def test_gpu_recipes_parse_and_resolve(name, dim):
+    # use_cpu: this machine has no GPU, and TrainingArguments refuses bf16 on a CPU it was not told about
+    cfg = load_config(os.path.join(REPO, "configs", f"{name}.yaml"), ["use_cpu=true"])
+    assert cfg.max_length == 2048 and cfg.per_device_train_batch_size == 32
+    # nanochat: grad accumulation = total_batch_size / (B * T * world) = 524288 / (32 * 2048 * 1)
+    assert cfg.gradient_accumulation_steps == 8
+    assert (cfg.init_lr_frac, cfg.warmdown_ratio, cfg.final_lr_frac, cfg.weight_decay) == (0.8, 0.5, 0.0, 0.0)
+    assert cfg.optimizer == "muon" and cfg.bf16 is True and cfg.attention == "document"
+    specs = [DatasetSpec.from_dict(d) for d in cfg.datasets]
+    assert {s.name for s in specs} >= {"smoltalk", "gsm8k", "identity", "spellingbee"}
+    assert f"model_dim {dim}" in open(os.path.join(REPO, "configs", f"{name}.yaml")).read()
+
+
+def test_total_batch_size_must_divide(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "max_length: 64\nper_device_train_batch_size: 3\n"
+                 "total_batch_size: 1000\n")
+    with pytest.raises(ConfigError, match="total_batch_size"):
+        load_config(path)

@@ -1,0 +1,85 @@
+"""Tests for nanosft/schedule.py: the LR of every group at every step equals the hand formula,
+and LRs are inherited from the base checkpoint's training config, or overridden, with a log line."""
+
+import json
+import logging
+
+import pytest
+import torch
+from transformers import NanoChatConfig, NanoChatForCausalLM, get_wsd_schedule
+
+from nanosft.muon import build_optimizer
+from nanosft.schedule import build_scheduler, lr_multiplier, resolve_learning_rates
+
+
+def tiny_nanochat():
+    torch.manual_seed(0)
+    return NanoChatForCausalLM(NanoChatConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128, pad_token_id=None))
+
+
+def test_lr_multiplier_pieces():
+    assert lr_multiplier(0.1, warmup_ratio=0.2) == pytest.approx(0.5)
+    assert lr_multiplier(0.3) == 1.0 and lr_multiplier(0.5) == 1.0
+    assert lr_multiplier(0.75) == pytest.approx(0.5)
+    assert lr_multiplier(0.75, final_lr_frac=0.2) == pytest.approx(0.6)
+    assert lr_multiplier(1.0, final_lr_frac=0.2) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_every_group_lr_at_every_step_equals_the_formula(optimizer):
+    N, warmup, warmdown, final = 20, 0.1, 0.5, 0.1
+    scale = (64 / 768) ** -0.5  # AdamW LRs scale by (d_model / 768) ** -0.5
+    base = {"matrix": 0.02 if optimizer == "muon" else 0.004 * scale,
+            "embedding": 0.3 * scale, "unembedding": 0.004 * scale}
+    opt = build_optimizer(tiny_nanochat(), optimizer=optimizer)
+    sched = build_scheduler(opt, N, warmup_ratio=warmup, warmdown_ratio=warmdown, final_lr_frac=final)
+    for step in range(N):
+        t = (step + 1) / N  # fraction of the run done once this step has run
+        if t < warmup:
+            mult = t / warmup
+        elif t <= 0.5:
+            mult = 1.0
+        else:
+            mult = 1 - (t - 0.5) / 0.5 * (1 - final)
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(base[g["name"]] * 0.8 * mult, rel=1e-12), (step, g["name"])
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups][0] == pytest.approx(base["matrix"] * 0.8 * final)
+
+
+def test_warmdown_is_transformers_wsd_one_step_earlier():
+    N = 10
+    p = torch.nn.Parameter(torch.zeros(1))
+    ours = build_scheduler(torch.optim.SGD([p], lr=1.0), N, warmdown_ratio=0.5, final_lr_frac=0.1)
+    wsd = get_wsd_schedule(torch.optim.SGD([p], lr=1.0), 0, 5, N, decay_type="linear", min_lr_ratio=0.1)
+    assert [ours.lr_lambdas[0](s) for s in range(N - 1)] == pytest.approx([wsd.lr_lambdas[0](s + 1) for s in range(N - 1)])
+
+
+def test_bad_ratios_raise():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(ValueError):
+        build_scheduler(torch.optim.SGD([p], lr=1.0), 10, warmup_ratio=0.6, warmdown_ratio=0.6)
+
+
+def test_lrs_inherited_from_nanochat_meta_and_overridden(tmp_path, caplog):
+    meta = {"step": 21400, "model_config": {"n_embd": 1280},
+            "user_config": {"embedding_lr": 0.2, "unembedding_lr": 0.008, "matrix_lr": 0.03}}
+    (tmp_path / "meta_021400.json").write_text(json.dumps(meta))
+    (tmp_path / "meta_000100.json").write_text(json.dumps({"user_config": {"embedding_lr": 9.0}}))
+    with caplog.at_level(logging.INFO, logger="nanosft.schedule"):
+        lrs = resolve_learning_rates(str(tmp_path), {"matrix_lr": 0.01, "embedding_lr": None})
+    assert lrs == {"embedding_lr": 0.2, "unembedding_lr": 0.008, "matrix_lr": 0.01, "scalar_lr": 0.5}
+    assert "embedding_lr = 0.2 (inherited from" in caplog.text and "meta_021400.json" in caplog.text
+    assert "matrix_lr = 0.01 (overridden (base had 0.03))" in caplog.text
+    assert "scalar_lr = 0.5 (nanochat default)" in caplog.text
+
+
+def test_lrs_from_nanosft_config_and_defaults(tmp_path):
+    (tmp_path / "nanosft_config.json").write_text(json.dumps({"training": {"unembedding_lr": 0.006}}))
+    assert resolve_learning_rates(str(tmp_path))["unembedding_lr"] == 0.006
+    assert resolve_learning_rates(str(tmp_path / "missing")) == {
+        "embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
+    assert resolve_learning_rates({"matrix_lr": 0.05})["matrix_lr"] == 0.05
