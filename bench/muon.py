@@ -2,7 +2,7 @@
 
     python bench/muon.py [--depths 12 20] [--layers 2] [--repeats 3]
 
-To run in a few minutes on CPU it times ``--layers`` transformer blocks (nanochat shapes:
+To run in a few minutes on CPU it times ``--layers`` (2) transformer blocks (nanochat shapes:
 q/k/v/o d x d, fc1 4d x d, fc2 d x 4d) plus the 65,536 x d embedding and lm_head, with fixed
 random gradients, and projects the full depth as embeddings + depth x one block (both measured
 separately). Both optimizers come from ``nanosft.muon.build_optimizer`` with the same groups.
@@ -10,7 +10,6 @@ separately). Both optimizers come from ``nanosft.muon.build_optimizer`` with the
 """
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -39,49 +38,57 @@ class Blocks(nn.Module):
         return self.lm_head
 
 
-def time_step(model: nn.Module, d: int, repeats: int, **kwargs) -> tuple[float, int]:
-    """Median ms of optimizer.step() after one warm-up step, and optimizer-state bytes."""
-    opt = build_optimizer(model, d_model=d, momentum_warmup_steps=0, **kwargs)
-    torch.manual_seed(0)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p) * 1e-3
-    opt.step()
-    times = []
+def state_bytes(opt) -> int:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def bench_part(make_model, d: int, repeats: int, variants: dict) -> dict:
+    """{variant: (min ms of optimizer.step(), optimizer-state bytes)} for one parameter set.
+
+    One model + optimizer per variant, same fixed gradients, one warm-up step each, then the
+    variants are timed in turn (interleaved) so a noisy neighbour hits all of them alike;
+    the minimum over repeats is the least disturbed measurement.
+    """
+    opts = {}
+    for name, kw in variants.items():
+        model = make_model()
+        torch.manual_seed(0)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        opts[name] = build_optimizer(model, d_model=d, momentum_warmup_steps=0, **kw)
+        opts[name].step()
+    times = {name: [] for name in variants}
     for _ in range(repeats):
-        t = time.perf_counter()
-        opt.step()
-        times.append((time.perf_counter() - t) * 1e3)
-    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                      if torch.is_tensor(t))
-    return statistics.median(times), state_bytes
+        for name, opt in opts.items():
+            t = time.perf_counter()
+            opt.step()
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {name: (min(times[name]), state_bytes(opts[name])) for name in variants}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[12, 20])
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=2, help="blocks timed together")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     variants = {"AdamW": dict(optimizer="adamw"), "Muon fp32": dict(optimizer="muon"),
                 "Muon bf16": dict(optimizer="muon", compute_dtype=torch.bfloat16)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"timed: {args.layers} blocks + embeddings (vocab {VOCAB}); full depth projected")
-    header = f"{'model':6} {'optimizer':10} {'step ms (timed)':>16} {'block ms':>9} {'emb ms':>8} " \
-             f"{'full-depth ms':>14} {'x AdamW':>8} {'state MB (full)':>16}"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; timed: {args.layers} blocks, and "
+          f"embedding + lm_head (vocab {VOCAB}); full depth = embeddings + depth x one block")
+    header = (f"{'model':6} {'optimizer':10} {'block ms':>9} {'emb ms':>8} {'full-depth ms':>14} "
+              f"{'x AdamW':>8} {'state MB (full)':>16}")
     print(header)
     print("-" * len(header))
     for depth in args.depths:
         d = DEPTH_TO_DIM[depth]
-        rows = {}
-        for name, kw in variants.items():
-            timed, _ = time_step(Blocks(d, args.layers, VOCAB), d, args.repeats, **kw)
-            block_ms, block_bytes = time_step(Blocks(d, 1, 0), d, args.repeats, **kw)
-            emb_ms, emb_bytes = time_step(Blocks(d, 0, VOCAB), d, args.repeats, **kw)
-            rows[name] = (timed, block_ms, emb_ms, emb_ms + depth * block_ms, emb_bytes + depth * block_bytes)
-        for name, (timed, block_ms, emb_ms, full_ms, full_bytes) in rows.items():
-            ratio = full_ms / rows["AdamW"][3]
-            print(f"d{depth:<5} {name:10} {timed:16.0f} {block_ms:9.0f} {emb_ms:8.0f} {full_ms:14.0f} "
-                  f"{ratio:8.2f} {full_bytes / 2**20:16.0f}")
+        blocks = bench_part(lambda: Blocks(d, args.layers, 0), d, args.repeats, variants)
+        emb = bench_part(lambda: Blocks(d, 0, VOCAB), d, args.repeats, variants)
+        full = {name: emb[name][0] + depth * blocks[name][0] / args.layers for name in variants}
+        for name in variants:
+            mem = emb[name][1] + depth * blocks[name][1] / args.layers
+            print(f"d{depth:<5} {name:10} {blocks[name][0] / args.layers:9.0f} {emb[name][0]:8.0f} "
+                  f"{full[name]:14.0f} {full[name] / full['AdamW']:8.2f} {mem / 2**20:16.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,9 @@ class _StashingCallback(TrainerCallback):
         return self
 
     def due(self, state) -> bool:
-        return self.every is not None and self.every > 0 and state.global_step > 0 and state.global_step % self.every == 0
+        return (
+            self.every is not None and self.every > 0 and state.global_step > 0 and state.global_step % self.every == 0
+        )
 
     def compute(self, args, state, **kwargs) -> dict:
         raise NotImplementedError
@@ -225,15 +227,15 @@ class ChatCoreCallback(_StashingCallback):
         self.tasks = tuple(tasks)
         self.caps = {"max_categorical": max_categorical, "max_generative": max_generative}
         self.data_dir = data_dir
-        self.gen = dict(
-            batch_size=batch_size,
-            generative_batch_size=generative_batch_size,
-            max_new_tokens=max_new_tokens,
-            num_samples=num_samples,
-            temperature=temperature,
-            top_k=top_k,
-            seed=seed,
-        )
+        self.gen = {
+            "batch_size": batch_size,
+            "generative_batch_size": generative_batch_size,
+            "max_new_tokens": max_new_tokens,
+            "num_samples": num_samples,
+            "temperature": temperature,
+            "top_k": top_k,
+            "seed": seed,
+        }
         self.accelerator = None
         self.problems: dict[str, list[dict]] | None = None
         self.last_results: dict | None = None

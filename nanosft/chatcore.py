@@ -28,8 +28,8 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -216,7 +216,9 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 @torch.no_grad()
-def predict_categorical(model, tokenizer, problems: list[dict], batch_size: int = 32, progress=None) -> list[str]:
+def predict_categorical(
+    model, tokenizer, problems: list[dict], batch_size: int = 32, progress=None, return_scores: bool = False
+):
     """The letter each problem's prompt makes most likely among its allowed letters.
 
     Args:
@@ -225,9 +227,10 @@ def predict_categorical(model, tokenizer, problems: list[dict], batch_size: int 
         problems: categorical problems (``messages``, ``letters``).
         batch_size: prompts per forward pass.
         progress: optional callable ``n -> None`` called after each batch with its size.
+        return_scores: also return each problem's letter logits (float32 CPU tensors).
 
     Returns:
-        one predicted letter per problem, in input order.
+        one predicted letter per problem, in input order (and the scores with ``return_scores``).
     """
     renderer = renderer_for(tokenizer)
     prompts = [renderer.render_for_completion(p["messages"]) for p in problems]
@@ -238,6 +241,7 @@ def predict_categorical(model, tokenizer, problems: list[dict], batch_size: int 
     keep = _accepts_logits_to_keep(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     preds: list[str | None] = [None] * len(prompts)
+    scores: list[torch.Tensor | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in idx)
@@ -254,9 +258,10 @@ def predict_categorical(model, tokenizer, problems: list[dict], batch_size: int 
             letters = problems[i]["letters"]
             focus = logits[row, col, [cache[x] for x in letters]]
             preds[i] = letters[int(focus.argmax())]
+            scores[i] = focus.float().cpu()
         if progress is not None:
             progress(len(idx))
-    return preds
+    return (preds, scores) if return_scores else preds
 
 
 def complete_problems(
@@ -320,7 +325,16 @@ def evaluate_task(
         preds = predict_categorical(model, tokenizer, problems, batch_size, progress)
         return [pred == p["messages"][-1]["content"] for pred, p in zip(preds, problems)]
     replies = complete_problems(
-        model, tokenizer, problems, generative_batch_size, num_samples, max_new_tokens, temperature, top_k, seed, progress
+        model,
+        tokenizer,
+        problems,
+        generative_batch_size,
+        num_samples,
+        max_new_tokens,
+        temperature,
+        top_k,
+        seed,
+        progress,
     )
     flat_problems = [p for p, r in zip(problems, replies) for _ in r]
     flat = spec.score(flat_problems, [x for r in replies for x in r])
@@ -373,7 +387,9 @@ def run_chatcore(
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    # an already-initialized state (a Trainer's) is shared; otherwise a CPU model under a launcher
+    # must ask for cpu=True or accelerate reports a single process (accelerate/state.py)
+    state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
     results = {}
     was_training = model.training
     model.eval()
@@ -410,7 +426,11 @@ def run_chatcore(
                 )
                 if bar is not None:
                     bar.close()
-                outcomes = gather_object([(i, bool(p)) for i, p in zip(mine, passed)]) if state.num_processes > 1 else list(zip(mine, passed))
+                outcomes = (
+                    gather_object([(i, bool(p)) for i, p in zip(mine, passed)])
+                    if state.num_processes > 1
+                    else list(zip(mine, passed))
+                )
                 correct = sum(int(p) for _, p in dict(outcomes).items())
                 total = len(task_problems)
                 results[name] = {

@@ -156,21 +156,28 @@ def render_dataset(renderer: ChatRenderer, conversations: list, sources: list[st
 
     Returns:
         Dataset with ``input_ids`` (list[int]), ``assistant_masks`` (list[int], 0/1) and ``source``.
+        ``renderer.stats`` then holds the truncation counts of this call, per source in ``by_source``.
     """
     import datasets
 
     renderer.stats = RenderStats()
     ids, masks = [], []
     for i in range(0, len(conversations), chunk):
-        for x, m in renderer.render_batch(conversations[i : i + chunk], normalized=True):
+        batch = renderer.render_batch(conversations[i : i + chunk], normalized=True, sources=sources[i : i + chunk])
+        for x, m in batch:
             ids.append(x)
             masks.append(m)
     renderer.log_stats(name)
     return datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks, "source": list(sources)})
 
 
-def supervision_stats(dataset) -> dict[str, dict[str, float]]:
-    """Per source: conversations, tokens, supervised tokens, their ratio, and mean/max length (tokens)."""
+def supervision_stats(dataset, render_stats: RenderStats | None = None) -> dict[str, dict[str, float]]:
+    """Per source: conversations, tokens, supervised tokens, their ratio, and mean/max length (tokens).
+
+    Args:
+        dataset: a rendered dataset (``render_dataset``).
+        render_stats: the renderer's stats of that rendering; adds ``truncated`` and ``tokens_dropped``.
+    """
     acc = defaultdict(lambda: {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0})
     for ids, mask, src in zip(dataset["input_ids"], dataset["assistant_masks"], dataset["source"]):
         a = acc[src]
@@ -185,4 +192,8 @@ def supervision_stats(dataset) -> dict[str, dict[str, float]]:
             "supervised_ratio": a["supervised"] / max(a["tokens"], 1),
             "mean_len": a["tokens"] / max(a["conversations"], 1),
         }
+        if render_stats is not None:
+            per = render_stats.by_source.get(src, {})
+            out[src]["truncated"] = per.get("truncated", 0)
+            out[src]["tokens_dropped"] = per.get("tokens_dropped", 0)
     return out

@@ -24,7 +24,9 @@ def format_table(results: dict) -> str:
     lines = [f"{'task':<14} {'kind':<12} {'correct':>10} {'accuracy':>9} {'centered':>9}"]
     for name, r in results["tasks"].items():
         centered = (r["accuracy"] - r["baseline"]) / (1 - r["baseline"])
-        lines.append(f"{name:<14} {r['kind']:<12} {r['correct']:>5}/{r['total']:<4} {r['accuracy']:>9.4f} {centered:>9.4f}")
+        lines.append(
+            f"{name:<14} {r['kind']:<12} {r['correct']:>5}/{r['total']:<4} {r['accuracy']:>9.4f} {centered:>9.4f}"
+        )
     for key in ("chatcore_cat", "chatcore_metric"):
         if key in results:
             lines.append(f"{key:<14} {'':<12} {'':>10} {'':>9} {results[key]:>9.4f}")

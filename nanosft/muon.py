@@ -16,11 +16,13 @@ Design and its trade-off in numbers:
   its state layout equals ``torch.optim.AdamW``'s, so HF ``optimizer.pt`` files warm-start it).
   The Muon half is ours: ``torch.optim.Muon`` has one fixed Newton-Schulz triple, always casts to
   bf16, and has no Polar Express, MuonEq, NorMuon or cautious weight decay.
-- Muon costs matmuls, AdamW costs memory traffic. On 2 CPU cores (fp32, ~137 GFLOP/s) one d12
-  block's six matrices take ~134 GFLOP of Polar Express per step, about 1 s, against ~30 ms of
-  AdamW for the same 7M weights; `bench/muon.py` measures the whole-step ratio. In exchange Muon
-  keeps one buffer per matrix (plus a NorMuon vector per row or column) where AdamW keeps two: the
-  optimizer state of the matrices is half AdamW's.
+- Muon costs matmuls, AdamW costs memory traffic. One d12 block's six matrices take ~134 GFLOP
+  of Polar Express per step: ~1 s on 2 CPU cores at the ~137 GFLOP/s they reach in fp32 (~3x
+  faster with ``compute_dtype=torch.bfloat16``), against ~20 ms of AdamW for the same 7M weights.
+  So on CPU a Muon step costs ~15-60x an AdamW step (`bench/muon.py`); on a GPU it is a few
+  percent of a training step. In exchange Muon keeps one buffer per matrix (plus a NorMuon vector
+  per row or column) where AdamW keeps two: matrix optimizer state is half AdamW's (d12 in
+  total, embeddings included: 1.09 GB vs 1.42 GB).
 - Distributed: optimizer state stays replicated on every rank (so HF Trainer's rank-0
   ``optimizer.pt`` is complete), but the orthogonalization - the only expensive part - is split:
   same-shape matrices are stacked, each rank orthogonalizes ceil(K/world) of them and the results
@@ -524,43 +526,55 @@ def _nanochat_saved_states(shards: list[dict], optimizer) -> dict[str, dict]:
     nanochat's group order (nanochat/gpt.py setup_optimizers) is lm_head, wte, [value embeds,
     lambdas], then one Muon group per matrix shape (sorted), params in module order; a Muon
     group keeps stacked (K or ceil(K/W), m, n) buffers on its first param, and DistMuonAdamW
-    shards AdamW state of large params along dim 0. Shards are concatenated in rank order.
+    shards AdamW state of large params along dim 0. Shards are concatenated in rank order. Older
+    nanochat (separate AdamW and Muon, per-param ``momentum_buffer``) maps the same way.
     """
     ours = {name: (g, p) for g in optimizer.param_groups for name, p in zip(g["param_names"], g["params"])}
     by_role = {g["name"]: g["param_names"] for g in optimizer.param_groups}
     by_shape = defaultdict(list)
     for name in by_role.get("matrix", []):
         by_shape[tuple(ours[name][1].shape)].append(name)
-    groups = shards[0]["param_groups"]
-    cat = lambda key, idx, t: torch.cat([s["state"][idx][key] for s in shards]) if len(shards) > 1 else t
-    out = {}
+    held = lambda idx: [s["state"][idx] for s in shards if idx in s["state"]]  # a param's state, per rank
+    cat = lambda states, key: torch.cat([st[key] for st in states]) if len(states) > 1 else states[0][key]
+    out, taken = {}, defaultdict(int)
     adam_roles = iter(["unembedding", "embedding"])
-    for gi, g in enumerate(groups):
-        first = g["params"][0]
-        st = shards[0]["state"].get(first)
-        if st is None:
+    for g in shards[0]["param_groups"]:
+        states = held(g["params"][0])
+        if not states:
             continue
-        if g.get("kind") == "muon":
-            buf = cat("momentum_buffer", first, st["momentum_buffer"])
-            shape = tuple(buf.shape[1:])
-            names = by_shape.get(shape, [])
-            if len(names) != len(g["params"]):
-                logger.warning("load_optimizer: nanochat Muon group of %d %s matrices has no counterpart here",
-                               len(g["params"]), shape)
-                continue
-            v = cat("second_momentum_buffer", first, st["second_momentum_buffer"]) \
-                if "second_momentum_buffer" in st else None
-            for k, name in enumerate(names):
-                out[name] = {"momentum_buffer": buf[k]}
+        if "momentum_buffer" in states[0]:
+            stacked = states[0]["momentum_buffer"].ndim == 3  # nanochat >= 2026: one stack per group
+            items = ([(cat(states, "momentum_buffer")[k], k) for k in range(len(g["params"]))] if stacked
+                     else [(held(i)[0]["momentum_buffer"], i) for i in g["params"] if held(i)])
+            v = cat(states, "second_momentum_buffer") if stacked and "second_momentum_buffer" in states[0] else None
+            for buf, k in items:
+                shape = tuple(buf.shape)
+                names = by_shape.get(shape, [])
+                if taken[shape] >= len(names):
+                    logger.warning("load_optimizer: nanochat %s matrix state has no counterpart here", shape)
+                    continue
+                out[names[taken[shape]]] = {"momentum_buffer": buf}
                 if v is not None:
-                    out[name]["second_momentum_buffer"] = v[k]
-        else:
+                    out[names[taken[shape]]]["second_momentum_buffer"] = v[k]
+                taken[shape] += 1
+        elif "exp_avg" in states[0]:
             role = next(adam_roles, None)
             if role is None or len(by_role.get(role, [])) != 1:
                 continue
-            out[by_role[role][0]] = {k: cat(k, first, t) if torch.is_tensor(t) and t.ndim else t
-                                     for k, t in st.items()}
+            out[by_role[role][0]] = {k: cat(states, k) if torch.is_tensor(t) and t.ndim else t
+                                     for k, t in states[0].items()}
     return out
+
+
+def _merge_state_dicts(sds: list[dict]) -> dict:
+    """Concatenate optimizer state_dicts, renumbering each one's param indices after the previous."""
+    merged, offset = {"param_groups": [], "state": {}}, 0
+    for sd in sds:
+        n = sum(len(g["params"]) for g in sd["param_groups"])
+        merged["param_groups"] += [{**g, "params": [i + offset for i in g["params"]]} for g in sd["param_groups"]]
+        merged["state"].update({i + offset: st for i, st in sd["state"].items()})
+        offset += n
+    return merged
 
 
 def load_warm_start(optimizer: torch.optim.Optimizer, base_path: str | None,
@@ -587,8 +601,7 @@ def load_warm_start(optimizer: torch.optim.Optimizer, base_path: str | None,
         return False
     shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     if kind == "nanochat" and isinstance(shards[0], list):  # older nanochat: [adamw_sd, muon_sd]
-        shards = [{"param_groups": [g for sd in s for g in sd["param_groups"]],
-                   "state": {k: v for sd in s for k, v in sd["state"].items()}} for s in shards]
+        shards = [_merge_state_dicts(s) for s in shards]
     saved = _hf_saved_states(shards[0], model) if kind == "hf" else _nanochat_saved_states(shards, optimizer)
     loaded = total = 0
     for group in optimizer.param_groups:

@@ -147,43 +147,50 @@ class PackedCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         B, T = len(rows), self.T
-        tokens = torch.full((B, T + 1), self.pad, dtype=torch.long)
-        mask = torch.zeros((B, T + 1), dtype=torch.bool)
-        pos = torch.empty((B, T + 1), dtype=torch.long)
-        doc_lens: list[int] = []
-        real = 0
-        for b, row in enumerate(rows):
+        C = T + 1
+        ids: list[int] = []
+        masks: list[int] = []
+        lens: list[int] = []  # document lengths over the whole batch, padding included, each row summing to C
+        for row in rows:
             n = len(row["input_ids"])
-            if n > T + 1:
-                raise ValueError(f"packed row of {n} tokens exceeds T+1={T + 1}")
-            tokens[b, :n] = torch.as_tensor(row["input_ids"])
-            mask[b, :n] = torch.as_tensor(row["assistant_masks"], dtype=torch.bool)
-            real += min(n, T)
-            lens = list(row.get("seq_lengths") or [n])
+            if n > C:
+                raise ValueError(f"packed row of {n} tokens exceeds T+1={C}")
+            ids += row["input_ids"]
+            masks += row["assistant_masks"]
+            if n < C:
+                ids += [self.pad] * (C - n)
+                masks += [0] * (C - n)
             if self.attention == "causal":
-                lens = [T + 1]
-            elif n < T + 1:
-                lens = lens + [T + 1 - n]  # padding is its own document
-            start = 0
-            for ln in lens:
-                pos[b, start : start + ln] = torch.arange(ln)
-                start += ln
-            doc_lens += [min(ln, T - s) for s, ln in zip(_starts(lens), lens) if s < T]
+                lens.append(C)
+            else:
+                lens += row.get("seq_lengths") or [n]
+                if n < C:
+                    lens.append(C - n)  # padding is its own document
+        tokens = torch.tensor(ids, dtype=torch.long).view(B, C)
+        mask = torch.tensor(masks, dtype=torch.bool).view(B, C)
+        # position = index - start of its document (vectorized over the batch)
+        lens_t = torch.tensor(lens, dtype=torch.long)
+        starts = torch.cumsum(lens_t, 0) - lens_t
+        pos = (torch.arange(B * C) - torch.repeat_interleave(starts, lens_t)).view(B, C)
         labels = tokens[:, 1:].clone()
         labels[~mask[:, 1:]] = IGNORE_INDEX
+        real = sum(min(len(row["input_ids"]), T) for row in rows)
         batch = {"input_ids": tokens[:, :-1], "position_ids": pos[:, :-1]}
         if self.flatten:
             batch = {k: v.reshape(1, -1) for k, v in batch.items()}
             labels = labels.reshape(1, -1)
+            # each row's inputs are its first T slots: cut the documents at T
+            doc_lens: list[int] = []
+            i = 0
+            for _ in range(B):
+                used = 0
+                while used < C:
+                    ln = lens[i]
+                    i += 1
+                    if used < T:
+                        doc_lens.append(min(ln, T - used))
+                    used += ln
             cu = torch.tensor([0] + doc_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(doc_lens), max_length_k=max(doc_lens))
         batch.update(labels=labels, shift_labels=labels, real_tokens=torch.tensor(real))
         return batch
-
-
-def _starts(lens: list[int]) -> list[int]:
-    out, s = [], 0
-    for ln in lens:
-        out.append(s)
-        s += ln
-    return out

@@ -169,20 +169,34 @@ def main(argv=None) -> int:
     trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
+    from .checkpoint import redact, resolve_resume
+
+    raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
+    trainer.run_config = raw  # recorded in every checkpoint's nanosft_state.json
     if trainer.is_world_process_zero():
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json(os.path.join(cfg.output_dir, "run_config.json"),
-                   {"config_file": args.config, "config": raw, "overrides": args.overrides,
+                   {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
                     "training_args": cfg.to_dict(), "versions": versions()})
         write_json(os.path.join(cfg.output_dir, "data_stats.json"), stats)
-    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    trainer.save_model(cfg.output_dir)
+    # "auto": the latest complete checkpoint-<step> in output_dir, or a fresh start when there is none
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(cfg.output_dir)
         write_json(os.path.join(cfg.output_dir, "metrics.json"),
                    {"train": result.metrics, "log_history": trainer.state.log_history})
+    trainer.save_model(cfg.output_dir)  # with push_to_hub: also uploads output_dir (Trainer.push_to_hub)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(cfg.output_dir)
+        trainer.create_model_card()  # README.md: nanosft's card with the final metrics
         logger.info("saved the chat model to %s", cfg.output_dir)
     return 0
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """``--set hub_token=...`` overrides with the value hidden."""
+    return [o.split("=", 1)[0] + "=<redacted>" if o.split("=", 1)[0].strip().endswith("token") else o
+            for o in overrides]
 
 
 if __name__ == "__main__":

@@ -15,11 +15,18 @@ Each override changes one TRL/transformers behaviour, for one reason:
 - ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.schedule``).
 - ``log``: adds tokens/s and supervised tokens/s (TRL's ``num_tokens`` counts ``position_ids.size(1)``
   without an attention mask, undercounting a multi-row batch).
+- ``_save_checkpoint`` (+ ``_get_output_dir``, ``_push_from_checkpoint``): atomic checkpoints - the
+  Trainer writes into ``tmp-checkpoint-<step>/``, which is renamed to ``checkpoint-<step>`` once
+  complete, with ``nanosft_state.json`` and the model card inside (``nanosft/checkpoint.py``); a kill
+  mid-save never leaves a ``checkpoint-*`` folder that resume would pick. ``_load_rng_state`` also
+  restores the token counters from that record on resume.
+- ``create_model_card``: nanosft's card (``nanosft/hub.py``) instead of TRL's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -64,6 +71,9 @@ class NanoSFTTrainer(SFTTrainer):
             flatten="flash" in attn,
         )
         self.base_model_path = base_model_path
+        from .hub import hide_token
+
+        hide_token(args)  # before Trainer.__init__ pickles or uses args: the token lives in HF_TOKEN only
         super().__init__(
             model=model,
             args=args,
@@ -121,16 +131,42 @@ class NanoSFTTrainer(SFTTrainer):
 
     # ----- optimizer and schedule -----
     def create_optimizer(self, model=None):
-        """Build MuonAdamW/AdamW via ``optimizer_cls_and_kwargs`` and warm-start it (``load_optimizer``)."""
-        if self.optimizer is None and self.optimizer_cls_and_kwargs is None and not self.is_deepspeed_enabled:
-            from .muon import build_optimizer
+        """Build MuonAdamW/AdamW via ``optimizer_cls_and_kwargs`` and warm-start it (``load_optimizer``).
 
-            self.optimizer_cls_and_kwargs = (build_optimizer, optimizer_kwargs(self.args, self.model))
+        Under DeepSpeed this runs only when the DS config has no "optimizer" block (ds_configs/ have none):
+        ``optimizer: adamw`` gives the same grouped torch AdamW (ZeRO accepts a client torch optimizer);
+        ``optimizer: muon`` gives DeepSpeed's own Muon with nanochat's groups
+        (``nanosft.muon.prepare_deepspeed_muon``: ZeRO hands client optimizers flat 1-D shards).
+        """
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+            if self.is_deepspeed_enabled and self.args.optimizer == "muon":
+                self.optimizer = self._deepspeed_muon()
+            else:
+                from .muon import build_optimizer
+
+                self.optimizer_cls_and_kwargs = (build_optimizer, optimizer_kwargs(self.args, self.model))
         optimizer = super().create_optimizer(model)
         if self.args.load_optimizer and self.base_model_path and not getattr(self, "_warm_started", False):
             from .muon import load_warm_start
 
             self._warm_started = load_warm_start(optimizer, self.base_model_path)
+        return optimizer
+
+    def _deepspeed_muon(self):
+        """DeepSpeed's MuonWithAuxAdam for ``self.model``; fixes the live DS config in place (clipping off,
+        ZeRO-3 ``reduce_scatter: false``) before ``deepspeed.initialize`` reads it.
+
+        Raises:
+            ValueError: from ``prepare_deepspeed_muon`` when clipping is on (set ``max_grad_norm: 0``).
+        """
+        from .muon import prepare_deepspeed_muon
+
+        ds_config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
+        allowed = {"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "init_lr_frac", "momentum",
+                   "weight_decay", "adam_betas", "adam_eps", "d_model"}
+        kw = {k: v for k, v in optimizer_kwargs(self.args, self.model).items() if k in allowed}
+        optimizer, fixed = prepare_deepspeed_muon(self.model, ds_config, **kw)
+        ds_config.update(fixed)
         return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -159,6 +195,81 @@ class NanoSFTTrainer(SFTTrainer):
             logs["supervised_tokens_per_second"] = round((self._tokens_seen[1] - s0) / dt, 1)
             self._tok_clock = (now, *self._tokens_seen)
         super().log(logs, start_time)
+
+    # ----- checkpoints, records and the model card (nanosft/checkpoint.py, nanosft/hub.py) -----
+    run_config: dict | None = None  # the resolved YAML config (train.py sets it); recorded in checkpoints
+    _ckpt_staging: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        """The staging folder while ``_save_checkpoint`` runs, so the Trainer writes its files there."""
+        return self._ckpt_staging if self._ckpt_staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write ``checkpoint-<step>`` atomically (transformers 5.23 writes in place, with no atomic step).
+
+        The Trainer (and TRL) write ``<run_dir>/tmp-checkpoint-<step>/checkpoint-<step>/``; the main process
+        adds ``nanosft_state.json`` and ``README.md``; after a barrier it ``os.replace``s the folder to
+        ``<run_dir>/checkpoint-<step>``; rotation (``save_total_limit``) and the Hub push follow the rename.
+        """
+        from transformers.trainer_utils import rotate_checkpoints
+
+        from . import checkpoint as ckpt
+        from .hub import write_model_card
+
+        run_dir = super()._get_output_dir(trial)
+        step = self.state.global_step
+        root = ckpt.staging_root(run_dir, step)
+        written, final = ckpt.checkpoint_dir(root, step), ckpt.checkpoint_dir(run_dir, step)
+        if self.args.should_save:
+            ckpt.remove_stale_staging(run_dir)
+        self.accelerator.wait_for_everyone()
+        self._ckpt_staging = root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._ckpt_staging = None
+        if self.args.should_save:
+            if self.state.best_model_checkpoint and os.path.abspath(self.state.best_model_checkpoint) == os.path.abspath(written):
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(written, "trainer_state.json"))
+            write_model_card(written, self)
+            ckpt.write_record(written, ckpt.checkpoint_record(self, self.run_config))
+        self.accelerator.wait_for_everyone()  # every rank's files (RNG, ZeRO shards) are in place
+        if self.args.should_save:
+            ckpt.commit(written, final)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Deferred while the checkpoint is staged: ``_save_checkpoint`` pushes the renamed folder."""
+        if self._ckpt_staging is None:
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        """Also restore the cumulative token counters from the checkpoint's ``nanosft_state.json``."""
+        super()._load_rng_state(checkpoint)
+        from .checkpoint import read_record
+
+        record = read_record(checkpoint) if checkpoint else None
+        if record and record.get("tokens_seen"):
+            self._tokens_seen = [record["tokens_seen"]["input"], record["tokens_seen"]["supervised"]]
+            self._tok_clock = (time.perf_counter(), *self._tokens_seen)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        """Write nanosft's card (``nanosft.hub.build_model_card``) to ``output_dir/README.md``, main process only.
+
+        Replaces TRL's card, which knows nothing of the recipe; the Trainer calls this before each
+        checkpoint save and in ``push_to_hub`` (``kwargs`` such as ``language``/``license`` are ignored).
+        """
+        if not self.is_world_process_zero():
+            return
+        from .hub import write_model_card
+
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        write_model_card(self.args.output_dir, self, model_name=model_name, tags=tags)
 
 
 def optimizer_kwargs(args, model) -> dict:

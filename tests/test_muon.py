@@ -280,6 +280,31 @@ def test_warm_start_from_nanochat_rank_shards(tmp_path):
     assert torch.equal(sft.state[model.model.embed_tokens.weight]["exp_avg"], wte_ea)
 
 
+def test_warm_start_from_older_nanochat_two_optimizer_file(tmp_path):
+    """Older nanochat saved [adamw_state_dict, muon_state_dict], Muon state per parameter."""
+    model = tiny_nanochat()
+    mats = [(n, p) for n, p in model.named_parameters() if ".layers." in n]
+    torch.manual_seed(10)
+    adamw = {"param_groups": [{"params": [0]}, {"params": [1]}],
+             "state": {i: {"step": 5, "exp_avg": torch.randn(512, 64), "exp_avg_sq": torch.rand(512, 64)}
+                       for i in range(2)}}
+    sizes = sorted({p.numel() for _, p in mats})
+    groups, order = [], []
+    for size in sizes:  # older Muon grouped by numel, module order inside a group
+        members = [(n, p) for n, p in mats if p.numel() == size]
+        groups.append({"params": list(range(len(order), len(order) + len(members)))})
+        order += members
+    state = {i: {"momentum_buffer": torch.randn(p.shape)} for i, (_, p) in enumerate(order)}
+    muon = {"param_groups": groups, "state": state}
+    torch.save([adamw, muon], tmp_path / "optim_000100_rank0.pt")
+    sft = build_optimizer(model)
+    assert load_warm_start(sft, str(tmp_path))
+    params = dict(model.named_parameters())
+    for i, (name, _) in enumerate(order):
+        assert torch.equal(sft.state[params[name]]["momentum_buffer"], muon["state"][i]["momentum_buffer"]), name
+    assert torch.equal(sft.state[model.lm_head.weight]["exp_avg"], adamw["state"][0]["exp_avg"])
+
+
 def test_warm_start_absent_says_so_and_continues(tmp_path, caplog):
     opt = build_optimizer(tiny_nanochat())
     with caplog.at_level(logging.WARNING, logger="nanosft.muon"):
@@ -311,3 +336,17 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "MUON_DDP_OK" in result.stdout
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not os.environ.get("NANOSFT_DISTRIBUTED"),
+                    reason="~2 min on 2 CPU cores; set NANOSFT_DISTRIBUTED=1 to run")
+def test_deepspeed_zero_1_2_3_two_processes_match_one_process():
+    """deepspeed --num_gpus 2 on CPU: 5-step losses within 1e-4 of 1 process, muon_update counted."""
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
+           "TORCH_COMPILE_DISABLE": "1"}  # DeepSpeed's muon_update is torch.compile'd: minutes of inductor on CPU
+    cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port", "29533",
+           os.path.join(REPO, "tests", "distributed", "muon_ds_check.py")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "MUON_DS_OK" in result.stdout

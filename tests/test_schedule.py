@@ -55,7 +55,8 @@ def test_warmdown_is_transformers_wsd_one_step_earlier():
     p = torch.nn.Parameter(torch.zeros(1))
     ours = build_scheduler(torch.optim.SGD([p], lr=1.0), N, warmdown_ratio=0.5, final_lr_frac=0.1)
     wsd = get_wsd_schedule(torch.optim.SGD([p], lr=1.0), 0, 5, N, decay_type="linear", min_lr_ratio=0.1)
-    assert [ours.lr_lambdas[0](s) for s in range(N - 1)] == pytest.approx([wsd.lr_lambdas[0](s + 1) for s in range(N - 1)])
+    want = [wsd.lr_lambdas[0](s + 1) for s in range(N - 1)]
+    assert [ours.lr_lambdas[0](s) for s in range(N - 1)] == pytest.approx(want)
 
 
 def test_bad_ratios_raise():

@@ -52,6 +52,8 @@ def load_problems(split: str = "test", data_dir: str | None = None) -> list[dict
         with open(path, encoding="utf-8", newline="") as f:
             for lineno, row in enumerate(csv.reader(f), 1):
                 if len(row) != 6 or row[5].strip() not in LETTERS:
-                    raise DataSourceError(f"{path}, line {lineno}: expected question,A,B,C,D,answer; got {len(row)} fields")
+                    raise DataSourceError(
+                        f"{path}, line {lineno}: expected question,A,B,C,D,answer; got {len(row)} fields"
+                    )
                 problems.append(mc_problem(row[0], row[1:5], LETTERS.index(row[5].strip()), LETTERS, subject=subject))
     return problems

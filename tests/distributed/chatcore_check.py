@@ -1,0 +1,69 @@
+"""Run under `accelerate launch --multi_gpu --num_processes 2`: ChatCORE shares problems and gathers.
+
+Checks, on every rank: each rank evaluated a disjoint share (sizes sum to the total), the gathered
+totals equal a single-process evaluation of all problems, and both ranks return identical results.
+Prints CHATCORE_DISTRIBUTED_OK once per rank.
+"""
+
+import json
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from transformers import NanoChatConfig, NanoChatForCausalLM
+
+from nanosft import chatcore
+from nanosft.tokenizer import build_nanochat_tokenizer
+
+DATA = "/work/shared/data"
+
+
+def main():
+    state = PartialState(cpu=True)  # CPU-only: gloo (MULTI_CPU)
+    assert state.num_processes == 2, state
+    tokenizer = build_nanochat_tokenizer(f"{DATA}/nanochat_tokenizer")
+    torch.manual_seed(0)  # the same weights on both ranks
+    cfg = NanoChatConfig(
+        vocab_size=65536,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=None,
+        initializer_range=1.0,
+    )
+    model = NanoChatForCausalLM(cfg).eval()
+    problems = {
+        "ARC-Easy": chatcore.load_problems("ARC-Easy", data_dir=DATA, max_problems=7),
+        "SpellingBee": chatcore.load_problems("SpellingBee", data_dir=DATA, max_problems=3),
+    }
+    # spy on how many problems this rank evaluates
+    seen = []
+    original = chatcore.evaluate_task
+
+    def spy(model, tokenizer, task, probs, **kwargs):
+        seen.append((task, len(probs)))
+        return original(model, tokenizer, task, probs, **kwargs)
+
+    chatcore.evaluate_task = spy
+    res = chatcore.run_chatcore(model, tokenizer, list(problems), problems=problems, max_new_tokens=4, batch_size=4)
+    chatcore.evaluate_task = original
+    # reference: this process alone on every problem
+    ref = {
+        n: sum(chatcore.evaluate_task(model, tokenizer, n, p, max_new_tokens=4, batch_size=4))
+        for n, p in problems.items()
+    }
+    shares = gather_object([seen])
+    for task, total in (("ARC-Easy", 7), ("SpellingBee", 3)):
+        assert sum(n for share in shares for t, n in share if t == task) == total, shares
+    assert {n: r["correct"] for n, r in res["tasks"].items()} == ref, (res, ref)
+    everyone = gather_object([json.dumps(res, sort_keys=True)])
+    assert everyone[0] == everyone[1], everyone
+    print(
+        "CHATCORE_DISTRIBUTED_OK", state.process_index, json.dumps({n: r["correct"] for n, r in res["tasks"].items()})
+    )
+
+
+if __name__ == "__main__":
+    main()
