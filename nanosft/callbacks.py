@@ -107,13 +107,14 @@ def evaluate_bpb(model, batches, token_bytes: torch.Tensor, labels_shifted: bool
         for batch in batches:
             inputs = {k: batch[k].to(device) for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
             targets = _targets(batch, labels_shifted).to(device)
-            logits = model(**inputs, use_cache=False).logits.float()
             valid = targets != IGNORE_INDEX
-            safe = torch.where(valid, targets, torch.zeros_like(targets))
-            counted = torch.where(valid, tb[safe], torch.zeros_like(safe))
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), safe.reshape(-1), reduction="none"
-            ).view_as(targets)
+            # logits only where there is a target (a 65K-vocab [B, T, V] tensor is GBs at T = 2048)
+            logits = model(**inputs, logits_to_keep=valid, use_cache=False).logits.float()
+            if logits.dim() == 3:  # a model that ignores a boolean logits_to_keep
+                logits = logits[valid]
+            kept = targets[valid]
+            counted = tb[kept]
+            loss = torch.nn.functional.cross_entropy(logits, kept, reduction="none")
             nats += (loss.double() * (counted > 0)).sum()
             nbytes += counted.sum()
     finally:

@@ -98,6 +98,7 @@ class NanoSFTConfig(SFTConfig):
     chatcore_tasks: list | None = field(default=None, metadata={"help": "ChatCORE tasks (None: all six)."})
     chatcore_max_categorical: int | None = field(default=None, metadata={"help": "Cap on categorical problems."})
     chatcore_max_generative: int | None = field(default=24, metadata={"help": "Cap on generative problems."})
+    chatcore_max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per answer (nanochat: 512)."})
     # --- adapters ---
     peft: dict | None = field(default=None, metadata={"help": "LoRA: {r, lora_alpha, target_modules, lora_dropout}."})
 
@@ -197,6 +198,12 @@ def validate_dict(d: dict, source: str = "config") -> None:
     for key in ("datasets", "eval_datasets"):
         for i, spec in enumerate(d.get(key) or []):
             DatasetSpec.from_dict(spec, where=f"{source}: {key}[{i}]")
+    if d.get("chatcore_tasks"):
+        from .chatcore import TASKS
+
+        unknown = [t for t in d["chatcore_tasks"] if t not in TASKS]
+        if unknown:
+            raise ConfigError(f"{source}: chatcore_tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:

@@ -39,6 +39,25 @@ def _jsonl_messages(split="train", data_dir=None, path=None):
     return [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in rows]
 
 
+def _mmlu_messages(split="auxiliary_train", data_dir=None):
+    from .tasks import arc, mmlu
+
+    if split != "auxiliary_train":
+        return [p["messages"] for p in mmlu.load_problems(split, data_dir)]
+    if data_dir is not None:
+        raise DataSourceError("MMLU auxiliary_train is not in the local data folder (only dev/val/test are); "
+                              "set `data_dir: null` to read cais/mmlu from the Hub, or use split: dev / val")
+    # nanochat/tasks/mmlu.py: this subset nests each row under "train"
+    rows = (r["train"] for r in load_hub(mmlu.HUB_ID, "auxiliary_train", split="train"))
+    return [arc.mc_problem(r["question"], r["choices"], int(r["answer"]), mmlu.LETTERS)["messages"] for r in rows]
+
+
+def _arc_messages(split="train", data_dir=None, subset="ARC-Easy"):
+    from .tasks import arc
+
+    return [p["messages"] for p in arc.load_problems(subset, split, data_dir)]
+
+
 # name -> loader(split, data_dir, **options) returning a list of raw conversations.
 LOADERS = {
     "gsm8k": gsm8k.load_conversations,
@@ -47,6 +66,8 @@ LOADERS = {
     "simplespelling": partial(spellingbee.load_conversations, kind="simplespelling"),
     "gpteacher": gpteacher.load_conversations,
     "smoltalk": partial(_hub_messages, hub_id="HuggingFaceTB/smol-smoltalk"),
+    "mmlu": _mmlu_messages,
+    "arc": _arc_messages,
     "hub": _hub_messages,
     "jsonl": _jsonl_messages,
 }

@@ -16,8 +16,9 @@ any HF causal LM and cache type, under greedy and sampling alike, and needs no m
 Trade-offs in numbers: forcing costs one decode step per forced token, exactly like nanochat's loop;
 ``num_return_sequences`` re-runs the prompt prefill once per sample, where nanochat prefills once (the
 prefill is <10% of a 512-token generation); finished rows keep riding along until the longest row of
-the batch stops. Against that, a batch of 32 problems decodes 32 rows per forward pass: ``bench/
-chatcore.py`` measured the speedup over a one-problem-at-a-time loop (see its docstring).
+the batch stops. Against that, a batch of 32 problems decodes 32 rows per forward pass:
+``bench/chatcore.py`` measured 5.4x (64 new tokens) and 9.5x (128) more GSM8K problems/s than a
+one-problem-at-a-time loop on a 2-core CPU, with identical greedy answers.
 """
 
 from __future__ import annotations

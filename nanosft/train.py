@@ -35,6 +35,10 @@ def load_tokenizer(cfg):
     path = cfg.tokenizer_name_or_path or cfg.model_name_or_path
     if path and os.path.isfile(os.path.join(path, "tokenizer.tiktoken")):
         return build_nanochat_tokenizer(path)
+    if not cfg.tokenizer_name_or_path and is_nanochat_checkpoint(cfg.model_name_or_path):
+        from .convert import find_tokenizer_dir, load_nanochat_tokenizer
+
+        return load_nanochat_tokenizer(find_tokenizer_dir(cfg.model_name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if cfg.add_special_tokens:
         add_nanochat_special_tokens(tokenizer)
@@ -107,6 +111,17 @@ def load_model(cfg, tokenizer):
         mc.setdefault("vocab_size", len(tokenizer))
         mc.setdefault("max_position_embeddings", cfg.max_length)
         model = NanoChatForCausalLM(NanoChatConfig(pad_token_id=None, **mc)).to(dtype)
+    elif is_nanochat_checkpoint(cfg.model_name_or_path):  # nanochat base_checkpoints/<tag>: convert once
+        from .convert import convert_checkpoint
+
+        converted = os.path.join(cfg.output_dir, "_nanochat_base")  # "_*": never uploaded by the Hub push
+        with cfg.main_process_first(desc="convert the nanochat checkpoint"):
+            if cfg.process_index == 0 or not os.path.isfile(os.path.join(converted, "config.json")):
+                convert_checkpoint(cfg.model_name_or_path, converted,
+                                   tokenizer_dir=cfg.tokenizer_name_or_path if cfg.tokenizer_name_or_path
+                                   and not os.path.isfile(os.path.join(cfg.tokenizer_name_or_path, "tokenizer.json"))
+                                   else None)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
@@ -120,6 +135,31 @@ def load_model(cfg, tokenizer):
     model.generation_config.pad_token_id = bos_id  # generate() needs one; only used to fill finished rows
     model.config.use_cache = True  # for serving; compute_loss passes use_cache=False in training
     return model
+
+
+def is_nanochat_checkpoint(path) -> bool:
+    """A nanochat checkpoint folder (``model_<step>.pt`` + ``meta_<step>.json``); see ``nanosft.convert``."""
+    from .convert import is_nanochat_checkpoint as check
+
+    return check(path)
+
+
+def attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows) -> None:
+    """ChatCORE every ``chatcore_every`` steps; validation bits per byte at the eval cadence (``eval_steps``)."""
+    from torch.utils.data import DataLoader
+
+    from .callbacks import BitsPerByteCallback, ChatCoreCallback
+    from .chatcore import DEFAULT_TASKS
+
+    if cfg.chatcore_every and cfg.chatcore_every > 0:
+        ChatCoreCallback(tokenizer, tasks=cfg.chatcore_tasks or DEFAULT_TASKS, every=cfg.chatcore_every,
+                         max_categorical=cfg.chatcore_max_categorical, max_generative=cfg.chatcore_max_generative,
+                         max_new_tokens=cfg.chatcore_max_new_tokens, data_dir=cfg.data_dir).attach(trainer)
+    if eval_rows is not None and cfg.eval_strategy == "steps" and cfg.eval_steps:
+        def batches():
+            return DataLoader(eval_rows, batch_size=cfg.per_device_eval_batch_size, collate_fn=trainer.data_collator)
+
+        BitsPerByteCallback(batches, every=int(cfg.eval_steps)).attach(trainer)
 
 
 def versions() -> dict:
@@ -161,6 +201,13 @@ def main(argv=None) -> int:
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
 
+    from .schedule import LR_KEYS, resolve_learning_rates
+
+    # LRs: the config's value > the base checkpoint's training config > nanochat's defaults (logged)
+    base = cfg.model_name_or_path if cfg.model_config is None else None
+    for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
+        setattr(cfg, key, value)
+
     peft_config = None
     if cfg.peft:
         from peft import LoraConfig
@@ -169,6 +216,7 @@ def main(argv=None) -> int:
     trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
+    attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
     from .checkpoint import redact, resolve_resume
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records

@@ -90,6 +90,7 @@ class NanoSFTTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
         self._tok_clock = (time.perf_counter(), 0, 0)
         self._tokens_seen = [0, 0]  # real input tokens, supervised tokens
+        self._resuming = False
 
     # ----- loss -----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -133,6 +134,9 @@ class NanoSFTTrainer(SFTTrainer):
     def create_optimizer(self, model=None):
         """Build MuonAdamW/AdamW via ``optimizer_cls_and_kwargs`` and warm-start it (``load_optimizer``).
 
+        The warm start reads the base checkpoint's optimizer state (momentum buffers) and keeps the SFT
+        LRs; it is skipped when resuming, where the checkpoint's own optimizer state is loaded instead.
+
         Under DeepSpeed this runs only when the DS config has no "optimizer" block (ds_configs/ have none):
         ``optimizer: adamw`` gives the same grouped torch AdamW (ZeRO accepts a client torch optimizer);
         ``optimizer: muon`` gives DeepSpeed's own Muon with nanochat's groups
@@ -146,10 +150,11 @@ class NanoSFTTrainer(SFTTrainer):
 
                 self.optimizer_cls_and_kwargs = (build_optimizer, optimizer_kwargs(self.args, self.model))
         optimizer = super().create_optimizer(model)
-        if self.args.load_optimizer and self.base_model_path and not getattr(self, "_warm_started", False):
+        if (self.args.load_optimizer and self.base_model_path and not self._resuming
+                and not getattr(self, "_warm_started", False)):
             from .muon import load_warm_start
 
-            self._warm_started = load_warm_start(optimizer, self.base_model_path)
+            self._warm_started = load_warm_start(optimizer, self.base_model_path, model=self.model)
         return optimizer
 
     def _deepspeed_muon(self):
@@ -168,6 +173,11 @@ class NanoSFTTrainer(SFTTrainer):
         optimizer, fixed = prepare_deepspeed_muon(self.model, ds_config, **kw)
         ds_config.update(fixed)
         return optimizer
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``; remembers whether this run resumes (no optimizer warm start then)."""
+        self._resuming = bool(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """nanochat's schedule: warmup, constant, linear warmdown to ``final_lr_frac``."""

@@ -20,7 +20,9 @@ def tiny_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("tiny") / "run"
     cmd = [accelerate_bin(), "launch", "--num_processes", "1", "-m", "nanosft.train", "--config", "configs/tiny.yaml",
            "--set", "max_steps=10", "--set", "save_steps=5", "--set", "eval_steps=5", "--set", f"output_dir={out}",
-           "--set", f"data_dir={data_dir}", "--set", f"tokenizer_name_or_path={data_dir}/nanochat_tokenizer"]
+           "--set", f"data_dir={data_dir}", "--set", f"tokenizer_name_or_path={data_dir}/nanochat_tokenizer",
+           "--set", "chatcore_every=10", "--set", "chatcore_max_categorical=4", "--set", "chatcore_max_generative=1",
+           "--set", "chatcore_max_new_tokens=8"]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
@@ -48,6 +50,9 @@ def test_tiny_run_loss_falls_and_is_shown_with_progress(tiny_run):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     assert "it/s]" in proc.stderr or "s/it]" in proc.stderr  # tqdm progress bar
     assert any("eval_loss" in h for h in history)
+    assert any("val_bpb" in h for h in history)  # BitsPerByteCallback at the eval cadence
+    final = [h for h in history if "chatcore_metric" in h]
+    assert final and {"chatcore/ARC-Easy", "chatcore/GSM8K", "chatcore/SpellingBee", "chatcore_cat"} <= set(final[-1])
 
 
 def test_checkpoint_loads_and_generates_without_nanosft(tiny_run):

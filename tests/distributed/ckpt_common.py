@@ -28,6 +28,7 @@ def tiny_overrides(data_dir: str, output_dir: str, **extra) -> list[str]:
         "bf16": "false",
         "report_to": "none",
         "disable_tqdm": "true",
+        "chatcore_every": -1,
     }
     sets.update({k: v for k, v in extra.items()})
     out = []

@@ -1,0 +1,251 @@
+"""nanochat base checkpoint -> Hugging Face NanoChat checkpoint, with nothing dropped silently.
+
+    python -m nanosft.convert <nanochat_ckpt_dir> <out_dir> [--step N] [--tokenizer-dir DIR] [--dtype ...]
+
+Input: nanochat's ``base_checkpoints/<tag>/`` folder (``model_<step>.pt`` state dict, ``meta_<step>.json``
+with ``model_config`` {sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd} and ``user_config``)
+and a nanochat tokenizer folder (``tokenizer.tiktoken`` + ``tokenizer_meta.json``, or nanochat's
+``tokenizer.pkl``). Output: ``NanoChatForCausalLM`` safetensors + config, the tokenizer with the nanochat
+chat template, and the meta json (so ``nanosft.schedule`` can inherit the base LRs).
+
+Design: a strict key map (nanochat/gpt.py, Oct 2025 -> transformers' port):
+``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->
+``model.layers.{i}.self_attn.{q,k,v,o}_proj``; ``mlp.c_fc``/``mlp.c_proj`` -> ``mlp.fc1``/``fc2``;
+``lm_head`` -> ``lm_head``. Every key must map and every target must be filled, else
+``UnsupportedCheckpointError`` lists the tensors (value embeddings, gates, residual/x0 lambdas of newer
+nanochat) or features (sliding-window attention patterns) the port lacks. transformers'
+``convert_nanochat_checkpoints.py`` (not shipped in the wheel) instead prints "Skipped N legacy entries" and
+converts anyway - a model that silently computes something else.
+
+Numerics match nanochat's forward: relu^2 MLP, RoPE (theta 10000) then QK RMSNorm, norm after the
+embedding, softcap 15, untied head; ``rms_norm_eps`` is float32's machine epsilon, what nanochat's
+``F.rms_norm(x, (d,))`` uses in fp32. ``pad_token_id`` is None so no embedding row is frozen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_MODEL_RE = re.compile(r"model_(\d+)\.pt$")
+_LAYER_MAP = {
+    "attn.c_q.weight": "self_attn.q_proj.weight",
+    "attn.c_k.weight": "self_attn.k_proj.weight",
+    "attn.c_v.weight": "self_attn.v_proj.weight",
+    "attn.c_proj.weight": "self_attn.o_proj.weight",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+}
+_NANOCHAT_ROPE_THETA = 10000.0  # nanochat/gpt.py _precompute_rotary_embeddings(base=10000)
+_NANOCHAT_SOFTCAP = 15.0  # nanochat/gpt.py forward: softcap * tanh(logits / softcap)
+
+
+class UnsupportedCheckpointError(ValueError):
+    """The nanochat checkpoint uses parts the transformers NanoChat port does not have."""
+
+
+def is_nanochat_checkpoint(path: str | None) -> bool:
+    """True for a folder holding nanochat's ``model_<step>.pt`` and ``meta_<step>.json``."""
+    return bool(path) and os.path.isdir(path) and bool(glob.glob(os.path.join(path, "model_*.pt"))) \
+        and bool(glob.glob(os.path.join(path, "meta_*.json")))
+
+
+def find_step(ckpt_dir: str, step: int | None = None) -> int:
+    """The step to convert: ``step`` if given (must exist), else the largest ``model_<step>.pt``.
+
+    Raises:
+        FileNotFoundError: no ``model_*.pt`` in ``ckpt_dir`` or the given step is missing.
+    """
+    steps = sorted(int(m.group(1)) for f in os.listdir(ckpt_dir) if (m := _MODEL_RE.match(f)))
+    if not steps:
+        raise FileNotFoundError(f"{ckpt_dir}: no nanochat model_<step>.pt file")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"{ckpt_dir}: no model_{step:06d}.pt (steps present: {steps})")
+    return step
+
+
+def _step_file(ckpt_dir: str, prefix: str, ext: str, step: int) -> str:
+    for name in (f"{prefix}_{step:06d}.{ext}", f"{prefix}_{step}.{ext}"):
+        if os.path.isfile(os.path.join(ckpt_dir, name)):
+            return os.path.join(ckpt_dir, name)
+    raise FileNotFoundError(f"{ckpt_dir}: no {prefix}_{step:06d}.{ext}")
+
+
+def map_state_dict(state: dict[str, torch.Tensor], meta: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Rename a nanochat GPT state dict to NanoChatForCausalLM's and derive the ``NanoChatConfig`` kwargs.
+
+    Args:
+        state: nanochat ``model.state_dict()`` (``_orig_mod.`` prefixes of torch.compile are stripped).
+        meta: the ``meta_<step>.json`` dict (``model_config`` is read).
+
+    Returns:
+        (hf_state_dict, config_kwargs).
+
+    Raises:
+        UnsupportedCheckpointError: listing every tensor that has no counterpart (with its shape), every
+            expected tensor that is missing, and unsupported ``model_config`` features (sliding windows).
+    """
+    mc = dict(meta.get("model_config") or meta)
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+    n_layer, n_head = int(mc["n_layer"]), int(mc["n_head"])
+    n_kv_head, n_embd = int(mc.get("n_kv_head") or n_head), int(mc["n_embd"])
+    out, used, problems = {}, set(), []
+    pairs = [("transformer.wte.weight", "model.embed_tokens.weight"), ("lm_head.weight", "lm_head.weight")]
+    pairs += [(f"transformer.h.{i}.{a}", f"model.layers.{i}.{b}") for i in range(n_layer) for a, b in _LAYER_MAP.items()]
+    for src, dst in pairs:
+        if src in state:
+            out[dst] = state[src]
+            used.add(src)
+        else:
+            problems.append(f"missing tensor {src}")
+    for key in sorted(set(state) - used):
+        problems.append(f"unsupported tensor {key} {tuple(state[key].shape)}")
+    window = mc.get("window_pattern") or mc.get("sliding_window_pattern")
+    if window and set(str(window).upper()) - {"L"}:
+        problems.append(f"unsupported sliding-window attention pattern {window!r} (model_config.window_pattern)")
+    if problems:
+        raise UnsupportedCheckpointError(
+            "this nanochat checkpoint cannot be converted to transformers' NanoChat without changing the model "
+            "(value embeddings, gates, residual lambdas and sliding windows are not in the port):\n  "
+            + "\n  ".join(problems))
+    head_dim = n_embd // n_head
+    vocab = out["model.embed_tokens.weight"].shape[0]
+    if out["lm_head.weight"].shape[0] != vocab:
+        raise UnsupportedCheckpointError(f"lm_head has {out['lm_head.weight'].shape[0]} rows, wte {vocab}")
+    expect = {"model.layers.0.self_attn.q_proj.weight": (n_head * head_dim, n_embd),
+              "model.layers.0.self_attn.k_proj.weight": (n_kv_head * head_dim, n_embd)}
+    for key, shape in expect.items():
+        if tuple(out[key].shape) != shape:
+            raise UnsupportedCheckpointError(f"{key}: shape {tuple(out[key].shape)}, expected {shape} from "
+                                             f"model_config {mc}")
+    config = dict(
+        vocab_size=vocab, hidden_size=n_embd, intermediate_size=out["model.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv_head,
+        max_position_embeddings=int(mc.get("sequence_len", 2048)), hidden_act="relu2",
+        rms_norm_eps=torch.finfo(torch.float32).eps, final_logit_softcapping=_NANOCHAT_SOFTCAP,
+        rope_parameters={"rope_type": "default", "rope_theta": _NANOCHAT_ROPE_THETA},
+        tie_word_embeddings=False, attention_bias=False, pad_token_id=None,
+    )
+    return out, config
+
+
+def find_tokenizer_dir(ckpt_dir: str, tokenizer_dir: str | None = None) -> str:
+    """The nanochat tokenizer folder: ``tokenizer_dir``, else ``<ckpt>/tokenizer``, ``<ckpt>``,
+    ``<base_dir>/tokenizer`` (nanochat keeps ``base_checkpoints/<tag>`` and ``tokenizer/`` side by side),
+    ``$NANOCHAT_BASE_DIR/tokenizer``, ``~/.cache/nanochat/tokenizer``.
+
+    Raises:
+        FileNotFoundError: none of them holds ``tokenizer.tiktoken`` or ``tokenizer.pkl``.
+    """
+    base = os.environ.get("NANOCHAT_BASE_DIR", os.path.expanduser("~/.cache/nanochat"))
+    candidates = [tokenizer_dir] if tokenizer_dir else [
+        os.path.join(ckpt_dir, "tokenizer"), ckpt_dir, os.path.join(ckpt_dir, "..", "..", "tokenizer"),
+        os.path.join(base, "tokenizer")]
+    for d in candidates:
+        if d and any(os.path.isfile(os.path.join(d, f)) for f in ("tokenizer.tiktoken", "tokenizer.pkl")):
+            return os.path.normpath(d)
+    raise FileNotFoundError(f"no nanochat tokenizer (tokenizer.tiktoken or tokenizer.pkl) in {candidates}; "
+                            "pass --tokenizer-dir (config: tokenizer_name_or_path)")
+
+
+def load_nanochat_tokenizer(tokenizer_dir: str):
+    """``nanosft.tokenizer.build_nanochat_tokenizer`` for a rank-file folder or nanochat's ``tokenizer.pkl``.
+
+    A pickled ``tiktoken.Encoding`` is written out as ``tokenizer.tiktoken`` + ``tokenizer_meta.json`` in a
+    temporary folder first (ranks, split pattern and special-token ids are read from the Encoding).
+    """
+    from .tokenizer import build_nanochat_tokenizer
+
+    if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.tiktoken")):
+        return build_nanochat_tokenizer(tokenizer_dir)
+    import base64
+    import pickle
+
+    with open(os.path.join(tokenizer_dir, "tokenizer.pkl"), "rb") as f:
+        enc = pickle.load(f)  # nanochat's own file (trusted input, as torch.load of the model)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "tokenizer.tiktoken"), "w", encoding="ascii") as f:
+            for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+                f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+        with open(os.path.join(tmp, "tokenizer_meta.json"), "w", encoding="utf-8") as f:
+            json.dump({"pattern": enc._pat_str, "special_tokens": dict(enc._special_tokens)}, f)
+        return build_nanochat_tokenizer(tmp)
+
+
+def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tokenizer_dir: str | None = None,
+                       dtype: str | None = None) -> str:
+    """Convert ``ckpt_dir`` (nanochat) into an HF folder ``out_dir``; returns ``out_dir``.
+
+    Args:
+        ckpt_dir: nanochat ``base_checkpoints/<tag>`` (or ``chatsft_checkpoints/<tag>``) folder.
+        out_dir: output folder (created; files overwritten).
+        step: which ``model_<step>.pt``; default the latest.
+        tokenizer_dir: nanochat tokenizer folder; default searched (``find_tokenizer_dir``).
+        dtype: "float32" | "bfloat16" | "float16"; default the checkpoint's own dtype.
+
+    Raises:
+        UnsupportedCheckpointError: see ``map_state_dict``. FileNotFoundError: missing inputs.
+    """
+    from transformers import NanoChatConfig, NanoChatForCausalLM
+
+    from .tokenizer import ASSISTANT_END, BOS
+
+    step = find_step(ckpt_dir, step)
+    meta_path = _step_file(ckpt_dir, "meta", "json", step)
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    state = torch.load(_step_file(ckpt_dir, "model", "pt", step), map_location="cpu", weights_only=True)
+    hf_state, config_kwargs = map_state_dict(state, meta)
+    tokenizer = load_nanochat_tokenizer(find_tokenizer_dir(ckpt_dir, tokenizer_dir))
+    if len(tokenizer) > config_kwargs["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model's embedding {config_kwargs['vocab_size']}")
+    bos, end = tokenizer.convert_tokens_to_ids(BOS), tokenizer.convert_tokens_to_ids(ASSISTANT_END)
+    torch_dtype = getattr(torch, dtype) if dtype else hf_state["model.embed_tokens.weight"].dtype
+    config = NanoChatConfig(bos_token_id=bos, eos_token_id=end, **config_kwargs)
+    with torch.device("meta"):
+        model = NanoChatForCausalLM(config)
+    model.load_state_dict({k: v.to(torch_dtype) for k, v in hf_state.items()}, strict=True, assign=True)
+    model.config.dtype = torch_dtype
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = bos, end
+    model.generation_config.pad_token_id = bos
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.copy(meta_path, os.path.join(out_dir, os.path.basename(meta_path)))  # base LRs for nanosft.schedule
+    logger.info("converted %s step %d -> %s (%d tensors, %s)", ckpt_dir, step, out_dir, len(hf_state), torch_dtype)
+    return out_dir
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nanosft.convert", description=__doc__.split("\n")[0])
+    p.add_argument("ckpt_dir", help="nanochat checkpoint folder (model_<step>.pt, meta_<step>.json)")
+    p.add_argument("out_dir", help="output folder for the HF checkpoint")
+    p.add_argument("--step", type=int, default=None, help="step to convert (default: the latest)")
+    p.add_argument("--tokenizer-dir", default=None, help="nanochat tokenizer folder (default: searched)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weights dtype (default: the checkpoint's)")
+    args = p.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        convert_checkpoint(args.ckpt_dir, args.out_dir, args.step, args.tokenizer_dir, args.dtype)
+    except (UnsupportedCheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
