@@ -13,7 +13,8 @@ identity, GPTeacher codegen/roleplay/toolformer, SpellingBee), in one process, o
   (``nanosft.template.CHAT_TEMPLATE``), without the ``datasets.map`` overhead around it.
 
 It checks that both give the same ids (and masks) on every conversation, then prints conversations/s
-for each and the ratio (goal: direct >= 3x TRL). Timings are the best of ``--repeats`` rounds, the
+for each and the ratio (goal: direct >= 3x TRL). Measured here (2 shared cores, one thread each):
+direct 9,808 conv/s, TRL 2,433 conv/s, 4.0x (tokenizers backend: 1.2x). Timings are the best of ``--repeats`` rounds, the
 paths interleaved within each round (this machine's load drifts). A third row times the renderer
 with the ``tokenizers`` backend instead of tiktoken, to show where the speed comes from.
 """
@@ -26,10 +27,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# One thread everywhere (set TOKENIZERS_PARALLELISM=true to let encode_batch use Rayon threads).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from nanosft.data import DatasetSpec  # noqa: E402
-from nanosft.template import ChatRenderer  # noqa: E402
-from nanosft.tokenizer import build_nanochat_tokenizer  # noqa: E402
+from nanosft.data import DatasetSpec
+from nanosft.template import ChatRenderer
+from nanosft.tokenizer import build_nanochat_tokenizer
 
 # Shares of the mix; GPTeacher subsets and identity are capped by their size.
 MIX = [

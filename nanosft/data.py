@@ -100,7 +100,7 @@ class DatasetSpec:
     column: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "datasets") -> "DatasetSpec":
+    def from_dict(cls, d: dict, where: str = "datasets") -> DatasetSpec:
         """Build from a YAML mapping; unknown keys, unknown names and bad types raise ``ValueError``."""
         if isinstance(d, str):
             d = {"name": d}

@@ -30,16 +30,19 @@ def load_tokenizer(cfg):
     """The tokenizer named by the config, with the nanochat special tokens and chat template."""
     from transformers import AutoTokenizer
 
+    from .pretrained import resolve_model_path
     from .tokenizer import add_nanochat_special_tokens, build_nanochat_tokenizer
 
-    path = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    # pkg://<package>/<file> and *.gguf paths (nanosft/pretrained.py); model_init_kwargs only for the model's own
+    path, kw = resolve_model_path(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+                                  None if cfg.tokenizer_name_or_path else cfg.model_init_kwargs)
     if path and os.path.isfile(os.path.join(path, "tokenizer.tiktoken")):
         return build_nanochat_tokenizer(path)
     if not cfg.tokenizer_name_or_path and is_nanochat_checkpoint(cfg.model_name_or_path):
         from .convert import find_tokenizer_dir, load_nanochat_tokenizer
 
         return load_nanochat_tokenizer(find_tokenizer_dir(cfg.model_name_or_path))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kw.items() if k == "gguf_file"})
     if cfg.add_special_tokens:
         add_nanochat_special_tokens(tokenizer)
     return tokenizer
@@ -59,7 +62,7 @@ def build_datasets(cfg, tokenizer):
     specs = [DatasetSpec.from_dict(d) for d in cfg.datasets]
     convs, sources = load_mixture(specs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
     rendered = render_dataset(renderer, convs, sources)
-    stats = supervision_stats(rendered)
+    stats = supervision_stats(rendered, renderer.stats)  # + per-dataset truncation counts
     for src, s in stats.items():
         logger.info("%-32s %6d conv  mean %6.1f tok  max %5d  supervised %.1f%%", src, s["conversations"],
                     s["mean_len"], s["max_len"], 100 * s["supervised_ratio"])
@@ -76,6 +79,10 @@ def build_datasets(cfg, tokenizer):
 def check_supervision(rendered, tokenizer, first: int = 256) -> None:
     """Refuse to train when the first conversations supervise nothing or never ``<|assistant_end|>``.
 
+    Args:
+        rendered: a dataset (or dict of lists) with ``input_ids`` and ``assistant_masks``, in training order.
+        first: how many leading conversations to check (the first batches).
+
     Raises:
         ValueError: naming what is missing and what to check (template, masks).
     """
@@ -91,7 +98,8 @@ def check_supervision(rendered, tokenizer, first: int = 256) -> None:
         raise ValueError(f"no supervised token in the first {n} conversations: check the datasets' assistant turns")
     if end == 0:
         raise ValueError(f"no supervised <|assistant_end|> in the first {n} conversations: the model would never "
-                         "learn to stop; check the chat format")
+                         "learn to stop; check the chat format (assistant masks), or raise `max_length` if "
+                         "truncation cut the conversations' ends")
 
 
 def load_model(cfg, tokenizer):
@@ -123,9 +131,15 @@ def load_model(cfg, tokenizer):
                                    else None)
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype)
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        from .pretrained import drop_gguf_quantizer, resolve_model_path
+
+        path, kw = resolve_model_path(cfg.model_name_or_path, cfg.model_init_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **{"dtype": dtype, **kw})
+        drop_gguf_quantizer(model)  # a dequantized GGUF: trainable and saveable once the marker is gone
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    if old_vocab < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.nanosft_new_token_ids = list(range(old_vocab, len(tokenizer)))  # LoRA trains these rows (nanosft/lora.py)
     release_padding_idx(model)
     end_id, bos_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END), tokenizer.convert_tokens_to_ids(BOS)
     model.config.bos_token_id = bos_id
@@ -209,10 +223,11 @@ def main(argv=None) -> int:
         setattr(cfg, key, value)
 
     peft_config = None
-    if cfg.peft:
-        from peft import LoraConfig
+    if cfg.peft:  # LoRA (nanosft/lora.py): new token rows trainable; adapters train with AdamW
+        from .lora import adapter_optimizer, build_lora_config
 
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.peft)
+        peft_config = build_lora_config(cfg.peft, model, getattr(model, "nanosft_new_token_ids", None))
+        cfg.optimizer = adapter_optimizer(cfg.optimizer)
     trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
@@ -238,6 +253,9 @@ def main(argv=None) -> int:
         tokenizer.save_pretrained(cfg.output_dir)
         trainer.create_model_card()  # README.md: nanosft's card with the final metrics
         logger.info("saved the chat model to %s", cfg.output_dir)
+        from .report import write_report
+
+        write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report.py)
     return 0
 
 

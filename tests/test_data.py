@@ -29,8 +29,7 @@ BAD_ROWS = {
 
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     return str(path)
 
 

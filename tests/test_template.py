@@ -5,6 +5,7 @@ Expected ids are built independently of the code under test: special-token ids w
 from the rank file; masks are written out by hand per piece.
 """
 
+import itertools
 import json
 import logging
 import os
@@ -294,7 +295,7 @@ def _hits_hf_mask_bug(conv, tk):
     """A text part whose last character is several tokens, directly before a python_output part."""
     for m in normalize_conversation(conv):
         parts = m["content"] if m["role"] == "assistant" else []
-        for a, b in zip(parts, parts[1:]):
+        for a, b in itertools.pairwise(parts):
             if a["type"] == "text" and b["type"] == "python_output" and a["text"] and len(tk(a["text"][-1])) > 1:
                 return True
     return False

