@@ -43,7 +43,7 @@ def package_path(uri: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"{uri}: Python package {package!r} is not installed "
                                 f"(e.g. `pip install {package.replace('_', '-')}`)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], rel)
+    path = os.path.join(next(iter(spec.submodule_search_locations)), rel)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{uri}: {path} does not exist")
     return path

@@ -252,11 +252,10 @@ def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     plots = make_plots(run_dir, log_history, before)
     name = os.path.basename(os.path.abspath(run_dir))
     md = [f"# Run report: {name}", ""]
-    _, losses = series(log_history, "loss")
-    steps, _ = series(log_history, "loss")
+    steps, losses = series(log_history, "loss")
     if losses:
-        md += [f"{steps[-1]} steps; train loss {losses[0]:.4f} (step {steps[0]}) -> {losses[-1]:.4f} "
-               f"(step {steps[-1]}).", ""]
+        summary = f"{steps[-1]} steps; train loss {losses[0]:.4f} (step {steps[0]}) -> {losses[-1]:.4f} (step {steps[-1]})."
+        md += [summary, ""]
     sections = [("Config", config_table(run_config)), ("Data mix and supervision", data_table(stats)),
                 ("Throughput", throughput(log_history, metrics.get("train")))]
     for title, rows in sections:
@@ -269,8 +268,11 @@ def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     md += ["## ChatCORE", ""]
     if table:
         src = "`chatcore.json`" if _read_json(os.path.join(run_dir, "chatcore.json")) else f"step {after.get('step', '-')}"
-        md += [f"Before: the base model (`chatcore_base.json`, same problems); after: the final model ({src}). "
-               "Accuracies; `noise` is the binomial sigma of the change at n problems.", "", *table, ""]
+        head = f"After: the final model ({src})."
+        if before:
+            head = (f"Before: the base model (`chatcore_base.json`, same problems). {head} "
+                    "`noise`: the binomial sigma of the change at n problems.")
+        md += [head + " Accuracies.", "", *table, ""]
     else:
         md += ["ChatCORE did not run (`chatcore_every`, `python -m nanosft.baseline`).", ""]
     return "\n".join(md), plots

@@ -85,13 +85,13 @@ def test_missing_data_fails_before_the_model_loads(tmp_path, monkeypatch):
         train.main(["--config", path])
 
 
-@pytest.mark.parametrize("name,dim", [("d12", 768), ("d20", 1280)])
-def test_gpu_recipes_parse_and_resolve(name, dim):
+@pytest.mark.parametrize("name,dim,rows", [("d12", 768, 32), ("d20", 1280, 16)])
+def test_gpu_recipes_parse_and_resolve(name, dim, rows):
     # use_cpu: this machine has no GPU, and TrainingArguments refuses bf16 on a CPU it was not told about
     cfg = load_config(os.path.join(REPO, "configs", f"{name}.yaml"), ["use_cpu=true"])
-    assert cfg.max_length == 2048 and cfg.per_device_train_batch_size == 32
-    # nanochat: grad accumulation = total_batch_size / (B * T * world) = 524288 / (32 * 2048 * 1)
-    assert cfg.gradient_accumulation_steps == 8
+    assert cfg.max_length == 2048 and cfg.per_device_train_batch_size == rows
+    # nanochat: grad accumulation = total_batch_size / (B * T * world) = 524288 / (rows * 2048 * 1)
+    assert cfg.gradient_accumulation_steps == 524288 // (rows * 2048)
     assert (cfg.init_lr_frac, cfg.warmdown_ratio, cfg.final_lr_frac, cfg.weight_decay) == (0.8, 0.5, 0.0, 0.0)
     assert cfg.optimizer == "muon" and cfg.bf16 is True and cfg.attention == "document"
     specs = [DatasetSpec.from_dict(d) for d in cfg.datasets]
