@@ -138,7 +138,10 @@ def load_model(cfg, tokenizer):
         drop_gguf_quantizer(model)  # a dequantized GGUF: trainable and saveable once the marker is gone
     old_vocab = model.get_input_embeddings().weight.shape[0]
     if old_vocab < len(tokenizer):
+        from .pretrained import init_from_equivalent_tokens
+
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        init_from_equivalent_tokens(model, tokenizer, list(range(old_vocab, len(tokenizer))))  # <|im_end|> -> ...
     model.nanosft_new_token_ids = list(range(old_vocab, len(tokenizer)))  # LoRA trains these rows (nanosft/lora.py)
     release_padding_idx(model)
     end_id, bos_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END), tokenizer.convert_tokens_to_ids(BOS)

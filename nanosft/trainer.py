@@ -152,7 +152,7 @@ class NanoSFTTrainer(SFTTrainer):
         optimizer = super().create_optimizer(model)
         if (self.args.load_optimizer and self.base_model_path and not self._resuming
                 and not getattr(self, "_warm_started", False)):
-            from .muon import load_warm_start
+            from .warm_start import load_warm_start
 
             self._warm_started = load_warm_start(optimizer, self.base_model_path, model=self.model)
         return optimizer

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, NanoChatConfig, NanoChatForCausalLM
 
-from nanosft.muon import MuonAdamW, build_optimizer, load_warm_start, orthogonalize
+from nanosft.muon import MuonAdamW, build_optimizer, orthogonalize
+from nanosft.warm_start import load_warm_start
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
