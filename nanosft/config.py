@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,6 +140,23 @@ class NanoSFTConfig(SFTConfig):
 _FIELDS = {f.name: f for f in dataclasses.fields(NanoSFTConfig)}
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false, so ``eval_strategy: no`` stays "no"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def _type_ok(value: Any, tp: Any) -> bool:
     """Whether ``value`` fits the annotation ``tp`` (the subset of typing used by the configs)."""
     if tp is Any or tp is typing.Any:
@@ -213,7 +231,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        out[key.strip()] = _yaml_load(raw) if raw != "" else None
     return out
 
 
@@ -228,7 +246,7 @@ def read_config_dict(path: str, overrides: list[str] | None = None) -> dict:
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            d = yaml.safe_load(f) or {}
+            d = _yaml_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(d, dict):

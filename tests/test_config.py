@@ -57,6 +57,14 @@ def test_set_overrides_single_keys_and_is_validated(tmp_path):
         load_config(path, ["max_steps"])
 
 
+def test_yaml_no_stays_a_string_for_string_keys(tmp_path):
+    # YAML 1.1 reads `no` as false; TrainingArguments' eval_strategy/save_strategy take "no"
+    path = write(tmp_path, BASE.format(out=tmp_path) + "save_strategy: no\n")
+    cfg = load_config(path, ["eval_strategy=no"])
+    assert cfg.eval_strategy == "no" and cfg.save_strategy == "no"
+    assert load_config(path, ["use_cpu=true"]).use_cpu is True
+
+
 def test_bad_enum_value_is_rejected(tmp_path):
     path = write(tmp_path, BASE.format(out=tmp_path) + "attention: bidirectional\n")
     with pytest.raises(ConfigError, match="attention"):

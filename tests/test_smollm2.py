@@ -81,13 +81,15 @@ def test_a_conversation_renders_in_the_nanochat_format(smol):
     assert list(hf) == ids
 
 
-def test_model_is_resized_with_mean_rows_and_stays_tied(smol):
+def test_model_is_resized_with_same_role_rows_and_stays_tied(smol):
     tokenizer, model, _ = smol
     emb = model.get_input_embeddings().weight
     assert emb.shape[0] == VOCAB + 9 and model.lm_head.weight is emb
     assert model.nanosft_new_token_ids == list(range(VOCAB, VOCAB + 9))
-    mean = emb[:VOCAB].mean(0)
-    assert torch.allclose(emb[VOCAB:], mean.expand(9, -1), atol=1e-3)
+    row = lambda t: emb[tokenizer.convert_tokens_to_ids(t)]
+    # SmolLM2 ends answers with <|im_end|>: <|assistant_end|> starts as that row (nanosft/pretrained.py)
+    assert torch.equal(row("<|assistant_end|>"), row("<|im_end|>")) and torch.equal(row("<|bos|>"), row("<|endoftext|>"))
+    assert torch.equal(row("<|python_start|>"), row("<jupyter_code>"))
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids(ASSISTANT_END)
     assert drop_gguf_quantizer(model) is False  # not a GGUF model: nothing to remove
 
