@@ -27,15 +27,16 @@ def nanochat_tokenizer():
     return build_nanochat_tokenizer(TOKENIZER_DIR)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_nanochat():
     """A factory of tiny random NanoChat models with the nanochat vocabulary (fp32, eval-free)."""
     import torch
     from transformers import NanoChatConfig, NanoChatForCausalLM
 
-    def make(vocab_size=65536, hidden_size=64, layers=2, heads=4, max_pos=1024, seed=0, **kw):
+    def make(vocab_size=65536, hidden_size=64, layers=2, heads=4, max_pos=1024, seed=0, intermediate_size=None, **kw):
         torch.manual_seed(seed)
-        cfg = NanoChatConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+        cfg = NanoChatConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                             intermediate_size=intermediate_size or 4 * hidden_size,
                              num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_pos,
                              pad_token_id=None, **kw)
         return NanoChatForCausalLM(cfg)

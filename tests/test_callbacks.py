@@ -8,33 +8,22 @@ import sys
 
 import pytest
 import torch
-from transformers import NanoChatConfig, NanoChatForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from nanosft.callbacks import BitsPerByteCallback, ChatCoreCallback, evaluate_bpb, token_bytes
-from nanosft.tokenizer import build_nanochat_tokenizer
 
-DATA = "/work/shared/data"
-TOKENIZER_DIR = "/work/shared/data/nanochat_tokenizer"
+from conftest import DATA_DIR as DATA  # noqa: E402  (the shared data folder, NANOSFT_DATA_DIR)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_nanochat_tokenizer(TOKENIZER_DIR)
+def tokenizer(nanochat_tokenizer):
+    return nanochat_tokenizer
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    cfg = NanoChatConfig(
-        vocab_size=65536,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=None,
-    )
-    return NanoChatForCausalLM(cfg)
+@pytest.fixture
+def tiny_model(tiny_nanochat):
+    return lambda: tiny_nanochat(hidden_size=32, intermediate_size=64, layers=1, heads=2, max_pos=256)
 
 
 class Recorder(TrainerCallback):
@@ -84,7 +73,7 @@ def test_bits_per_byte_matches_hand_computation():
     assert evaluate_bpb(UniformModel(vocab), [unshifted], tb, labels_shifted=False) == pytest.approx(expected)
 
 
-def test_bits_per_byte_of_a_real_model_equals_a_per_token_loop(tokenizer):
+def test_bits_per_byte_of_a_real_model_equals_a_per_token_loop(tokenizer, tiny_model):
     model = tiny_model().eval()
     tb = token_bytes(tokenizer)
     ids = torch.tensor([[65527, 65528, 500, 600, 65529, 65530, 700, 800, 65531]])
@@ -122,7 +111,7 @@ def _logged(recorder, key):
     return [entry for entry in recorder.logs if key in entry]
 
 
-def test_plain_trainer_logs_chatcore_and_bpb_to_integrations(tmp_path, tokenizer):
+def test_plain_trainer_logs_chatcore_and_bpb_to_integrations(tmp_path, tokenizer, tiny_model):
     recorder = Recorder()
     data = _lm_batches()
     args = TrainingArguments(
@@ -149,7 +138,7 @@ def test_plain_trainer_logs_chatcore_and_bpb_to_integrations(tmp_path, tokenizer
     assert any("chatcore_metric" in h and h["step"] == 2 for h in trainer.state.log_history)
 
 
-def test_sft_trainer_logs_chatcore_without_draining_trl_metrics(tmp_path, tokenizer):
+def test_sft_trainer_logs_chatcore_without_draining_trl_metrics(tmp_path, tokenizer, tiny_model):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -182,7 +171,7 @@ def test_sft_trainer_logs_chatcore_without_draining_trl_metrics(tmp_path, tokeni
     assert "mean_token_accuracy" in entries[0] and "loss" in entries[0]  # TRL's buffers reached the same log
 
 
-def test_unattached_callback_warns_and_still_fills_log_history(tmp_path, tokenizer, caplog):
+def test_unattached_callback_warns_and_still_fills_log_history(tmp_path, tokenizer, caplog, tiny_model):
     args = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=2,
@@ -203,7 +192,7 @@ def test_unattached_callback_warns_and_still_fills_log_history(tmp_path, tokeniz
     assert any("chatcore/ARC-Easy" in h for h in trainer.state.log_history)
 
 
-def test_disabled_callback_never_evaluates(tmp_path, tokenizer):
+def test_disabled_callback_never_evaluates(tmp_path, tokenizer, tiny_model):
     args = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=2,

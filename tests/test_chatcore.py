@@ -6,34 +6,22 @@ import os
 
 import pytest
 import torch
-from transformers import NanoChatConfig, NanoChatForCausalLM
 
 from nanosft import chatcore
 from nanosft.tasks import DataSourceError
-from nanosft.tokenizer import build_nanochat_tokenizer
 
-DATA = "/work/shared/data"
-TOKENIZER_DIR = "/work/shared/data/nanochat_tokenizer"
+from conftest import DATA_DIR as DATA  # noqa: E402  (the shared data folder, NANOSFT_DATA_DIR)
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_nanochat_tokenizer(TOKENIZER_DIR)
+def tokenizer(nanochat_tokenizer):
+    return nanochat_tokenizer
 
 
-def tiny_model(seed=0, init=1.0):
-    torch.manual_seed(seed)
-    cfg = NanoChatConfig(
-        vocab_size=65536,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=1024,
-        pad_token_id=None,
-        initializer_range=init,
-    )
-    return NanoChatForCausalLM(cfg).eval()
+@pytest.fixture
+def tiny_model(tiny_nanochat):
+    return lambda seed=0, init=1.0: tiny_nanochat(hidden_size=64, intermediate_size=128, seed=seed,
+                                                  initializer_range=init).eval()
 
 
 # ---------------------------------------------------------------- data
@@ -188,7 +176,7 @@ def test_categorical_accuracy_of_a_constant_model_is_the_share_of_a_answers(toke
     assert res["chatcore_metric"] == pytest.approx((expected - 0.25) / 0.75)
 
 
-def test_batched_categorical_equals_one_at_a_time(tokenizer):
+def test_batched_categorical_equals_one_at_a_time(tokenizer, tiny_model):
     model = tiny_model()
     problems = chatcore.load_problems("ARC-Challenge", data_dir=DATA, max_problems=10)
     preds, scores = chatcore.predict_categorical(model, tokenizer, problems, batch_size=4, return_scores=True)
@@ -216,7 +204,7 @@ def test_generative_pass_at_k_counts_a_problem_once_any_sample_is_right(tokenize
     assert chatcore.evaluate_task(None, tokenizer, "GSM8K", problems, num_samples=2) == [True, True, False]
 
 
-def test_run_chatcore_on_a_tiny_model_restores_train_mode(tokenizer):
+def test_run_chatcore_on_a_tiny_model_restores_train_mode(tokenizer, tiny_model):
     model = tiny_model(init=0.02).train()
     res = chatcore.run_chatcore(
         model,
@@ -236,7 +224,7 @@ def test_run_chatcore_on_a_tiny_model_restores_train_mode(tokenizer):
 # ---------------------------------------------------------------- CLI
 
 
-def test_eval_cli_writes_json_and_prints_a_table(tmp_path, tokenizer, capsys):
+def test_eval_cli_writes_json_and_prints_a_table(tmp_path, tokenizer, capsys, tiny_model):
     from nanosft.eval import main
 
     ckpt = tmp_path / "ckpt"

@@ -2,34 +2,22 @@
 
 import pytest
 import torch
-from transformers import LogitsProcessor, NanoChatConfig, NanoChatForCausalLM
+from transformers import LogitsProcessor
 
 from nanosft.engine import generate_batch, use_calculator
-from nanosft.tokenizer import build_nanochat_tokenizer, special_token_ids
+from nanosft.tokenizer import special_token_ids
 
-TOKENIZER_DIR = "/work/shared/data/nanochat_tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_nanochat_tokenizer(TOKENIZER_DIR)
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
+def tokenizer(nanochat_tokenizer):
+    return nanochat_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model(tiny_nanochat):
     # a large init std makes the random model's outputs depend on the prompt
-    cfg = NanoChatConfig(
-        vocab_size=65536,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=1024,
-        pad_token_id=None,
-        initializer_range=1.0,
-    )
-    return NanoChatForCausalLM(cfg).eval()
+    return tiny_nanochat(hidden_size=64, intermediate_size=128, initializer_range=1.0).eval()
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import datasets
 import pytest
 import torch
 
-from nanosft.packing import IGNORE_INDEX, PackedCollator, pack_best_fit, pack_dataset
+from nanosft.packing import PackedCollator, pack_best_fit, pack_dataset
 
 
 def test_best_fit_takes_the_longest_conversation_that_fits():

@@ -6,6 +6,7 @@ Prints CHATCORE_DISTRIBUTED_OK once per rank.
 """
 
 import json
+import os
 
 import torch
 from accelerate import PartialState
@@ -15,7 +16,7 @@ from transformers import NanoChatConfig, NanoChatForCausalLM
 from nanosft import chatcore
 from nanosft.tokenizer import build_nanochat_tokenizer
 
-DATA = "/work/shared/data"
+DATA = os.environ.get("NANOSFT_DATA_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 
 def main():
