@@ -1,5 +1,6 @@
 """nanosft.callbacks: bits per byte by hand, and ChatCORE/bpb metrics reaching every log consumer."""
 
+import copy
 import logging
 import math
 import os
@@ -18,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def tokenizer(nanochat_tokenizer):
-    return nanochat_tokenizer
+    # a copy: trainers in this module set pad tokens on it, the session tokenizer stays pristine
+    return copy.deepcopy(nanochat_tokenizer)
 
 
 @pytest.fixture

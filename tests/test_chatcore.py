@@ -1,5 +1,6 @@
 """nanosft.chatcore and the eval CLI: task data, prompts, scoring, ChatCORE arithmetic, batched eval."""
 
+import copy
 import itertools
 import json
 import os
@@ -15,7 +16,8 @@ from conftest import DATA_DIR as DATA  # noqa: E402  (the shared data folder, NA
 
 @pytest.fixture(scope="module")
 def tokenizer(nanochat_tokenizer):
-    return nanochat_tokenizer
+    # a copy: trainers in this module set pad tokens on it, the session tokenizer stays pristine
+    return copy.deepcopy(nanochat_tokenizer)
 
 
 @pytest.fixture

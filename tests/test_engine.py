@@ -1,5 +1,7 @@
 """nanosft.engine: the calculator, tool injection inside generate, batched == one-at-a-time."""
 
+import copy
+
 import pytest
 import torch
 from transformers import LogitsProcessor
@@ -11,7 +13,8 @@ from nanosft.tokenizer import special_token_ids
 
 @pytest.fixture(scope="module")
 def tokenizer(nanochat_tokenizer):
-    return nanochat_tokenizer
+    # a copy: trainers in this module set pad tokens on it, the session tokenizer stays pristine
+    return copy.deepcopy(nanochat_tokenizer)
 
 
 @pytest.fixture(scope="module")
