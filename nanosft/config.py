@@ -258,12 +258,18 @@ def read_config_dict(path: str, overrides: list[str] | None = None) -> dict:
     return d
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> NanoSFTConfig:
-    """Read, validate and build a ``NanoSFTConfig`` (see ``read_config_dict``)."""
-    d = read_config_dict(path, overrides)
+def build_config(d: dict, source: str = "config") -> NanoSFTConfig:
+    """A ``NanoSFTConfig`` from an already validated dict (``read_config_dict``).
+
+    Raises:
+        ConfigError: the dataclass or TrainingArguments refuses a value (the message names ``source``).
+    """
     try:
         return NanoSFTConfig(**d)
     except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise ConfigError(f"{path}: {e}") from None
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{source}: {e}") from (None if isinstance(e, ConfigError) else e)
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> NanoSFTConfig:
+    """Read, validate and build a ``NanoSFTConfig`` (see ``read_config_dict``)."""
+    return build_config(read_config_dict(path, overrides), path)

@@ -202,10 +202,10 @@ def write_json(path: str, obj) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .config import load_config, read_config_dict
+    from .config import build_config, read_config_dict
 
     raw = read_config_dict(args.config, args.overrides)  # validates before anything heavy
-    cfg = load_config(args.config, args.overrides)
+    cfg = build_config(dict(raw), args.config)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
     from transformers import set_seed

@@ -109,6 +109,11 @@ def _chatcore_cb(tokenizer):
     )
 
 
+# two optimizer steps on CPU, logging only when a callback asks for it
+TWO_STEPS = dict(max_steps=2, per_device_train_batch_size=2, logging_steps=100, report_to=[], save_strategy="no",
+                 use_cpu=True, disable_tqdm=True)
+
+
 def _logged(recorder, key):
     return [entry for entry in recorder.logs if key in entry]
 
@@ -116,16 +121,7 @@ def _logged(recorder, key):
 def test_plain_trainer_logs_chatcore_and_bpb_to_integrations(tmp_path, tokenizer, tiny_model):
     recorder = Recorder()
     data = _lm_batches()
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=100,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = TrainingArguments(output_dir=str(tmp_path), **TWO_STEPS)
     trainer = Trainer(model=tiny_model(), args=args, train_dataset=data, data_collator=_collate, callbacks=[recorder])
     val = [{"input_ids": data[0]["input_ids"][None, :-1], "labels": data[0]["input_ids"][None, 1:]}]
     _chatcore_cb(tokenizer).attach(trainer)
@@ -146,19 +142,7 @@ def test_sft_trainer_logs_chatcore_without_draining_trl_metrics(tmp_path, tokeni
 
     recorder = Recorder()
     ids = [r["input_ids"].tolist() for r in _lm_batches()]
-    args = SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=100,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        max_length=32,
-    )
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, gradient_checkpointing=False, max_length=32, **TWO_STEPS)
     trainer = SFTTrainer(
         model=tiny_model(),
         args=args,
@@ -174,16 +158,7 @@ def test_sft_trainer_logs_chatcore_without_draining_trl_metrics(tmp_path, tokeni
 
 
 def test_unattached_callback_warns_and_still_fills_log_history(tmp_path, tokenizer, caplog, tiny_model):
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=100,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = TrainingArguments(output_dir=str(tmp_path), **TWO_STEPS)
     cb = ChatCoreCallback(tokenizer, tasks=["ARC-Easy"], every=2, max_categorical=3, data_dir=DATA)
     trainer = Trainer(
         model=tiny_model(), args=args, train_dataset=_lm_batches(), data_collator=_collate, callbacks=[cb]
@@ -195,16 +170,7 @@ def test_unattached_callback_warns_and_still_fills_log_history(tmp_path, tokeniz
 
 
 def test_disabled_callback_never_evaluates(tmp_path, tokenizer, tiny_model):
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = TrainingArguments(output_dir=str(tmp_path), **{**TWO_STEPS, "logging_steps": 1})
     cb = ChatCoreCallback(tokenizer, tasks=["ARC-Easy"], every=-1, data_dir=DATA)
     trainer = Trainer(model=tiny_model(), args=args, train_dataset=_lm_batches(), data_collator=_collate)
     cb.attach(trainer)
