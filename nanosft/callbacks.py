@@ -16,6 +16,7 @@ Costs (2-core CPU, tiny model): ChatCORE at nanochat's SFT caps is dominated by 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
@@ -273,18 +274,35 @@ class BitsPerByteCallback(_StashingCallback):
         every: steps between evaluations; -1 (or 0) turns it off.
         key: the logged name.
         labels_shifted: see ``evaluate_bpb``.
+        shard: under ``torch.distributed`` with several processes, rank r evaluates batches r, r + W,
+            r + 2W, ... of W processes and ``evaluate_bpb`` all-reduces the sums, so the result equals one
+            process on every batch at 1/W of the work. ``batches`` must then be the whole validation set,
+            the same on every rank (a plain DataLoader, not one prepared by accelerate, which already
+            shards). Never applied under ZeRO-3: every rank must run the same number of forward passes
+            there (each gathers the sharded weights collectively), so each evaluates every batch.
     """
 
-    def __init__(self, batches, token_bytes=None, every: int = -1, key: str = "val_bpb", labels_shifted: bool = True):
+    def __init__(self, batches, token_bytes=None, every: int = -1, key: str = "val_bpb", labels_shifted: bool = True,
+                 shard: bool = True):
         super().__init__(every)
         self.batches = batches
         self.token_bytes = token_bytes
         self.key = key
         self.labels_shifted = labels_shifted
+        self.shard = shard
+
+    def _my_batches(self, batches):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        dist = torch.distributed
+        if not (self.shard and dist.is_available() and dist.is_initialized()) or is_deepspeed_zero3_enabled():
+            return batches
+        world = dist.get_world_size()
+        return itertools.islice(batches, dist.get_rank(), None, world) if world > 1 else batches
 
     def compute(self, args, state, model=None, processing_class=None, **kwargs) -> dict:
         if self.token_bytes is None:
             vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
             self.token_bytes = token_bytes(processing_class, vocab)
         batches = self.batches() if callable(self.batches) else self.batches
-        return {self.key: evaluate_bpb(model, batches, self.token_bytes, self.labels_shifted)}
+        return {self.key: evaluate_bpb(model, self._my_batches(batches), self.token_bytes, self.labels_shifted)}

@@ -178,10 +178,11 @@ def test_disabled_callback_never_evaluates(tmp_path, tokenizer, tiny_model):
     assert cb.problems is None and not any("chatcore_metric" in h for h in trainer.state.log_history)
 
 
-def test_chatcore_splits_problems_across_two_processes_and_gathers():
+def test_chatcore_and_bpb_split_work_across_two_processes_and_gather():
     script = os.path.join(REPO, "tests", "distributed", "chatcore_check.py")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", script]
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("CHATCORE_DISTRIBUTED_OK") == 2
+    assert proc.stdout.count("BPB_DISTRIBUTED_OK") == 2

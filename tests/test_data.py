@@ -128,3 +128,41 @@ def test_check_supervision_refuses_no_supervised_assistant_end(nanochat_tokenize
     mask = [0 if t == 65531 else m for t, m in zip(ids, mask)]
     with pytest.raises(ValueError, match="assistant_end"):
         check_supervision(_rendered([(ids, mask)]), nanochat_tokenizer)
+
+
+def test_max_rows_is_a_seeded_subset_across_mmlu_subjects(data_dir):
+    """MMLU's local files are sorted by subject: the first 160 val rows cover 11 subjects and answer D 33%
+    of the time (52/160). ``max_rows`` must draw from the whole split instead."""
+    import collections
+
+    from nanosft.tasks import mmlu
+
+    full = [p["messages"] for p in mmlu.load_problems("val", data_dir)]
+    spec = DatasetSpec.from_dict({"name": "mmlu", "split": "val", "max_rows": 160})
+    convs, _ = load_mixture([spec], data_dir, seed=42)
+    again, _ = load_mixture([spec], data_dir, seed=42)
+    other, _ = load_mixture([spec], data_dir, seed=7)
+    assert len(convs) == 160 and convs == again and convs != other
+    users = {c[0]["content"] for c in convs}
+    assert users <= {c[0]["content"] for c in full}  # rows of the split, not new ones
+    first = [c[0]["content"] for c in full[:160]]
+    assert len(users & set(first)) < 60  # ~160 * 160/1542 = 17 expected overlap, not all 160
+    letters = collections.Counter(c[-1]["content"][0]["text"] for c in convs)  # normalized: a list of parts
+    assert set(letters) == {"A", "B", "C", "D"} and max(letters.values()) <= 0.32 * 160
+    idx = spec.row_indices(len(full), 42)
+    assert idx == sorted(idx) and len(set(idx)) == 160 and max(idx) > 1000
+
+
+def test_max_rows_errors_name_the_source_row(tmp_path):
+    bad = BAD_ROWS["no assistant"][0]
+    spec = DatasetSpec.from_dict({"name": "jsonl", "path": str(tmp_path / "m.jsonl"), "max_rows": 10})
+    kept = spec.row_indices(100, 42)
+    assert kept != list(range(10))
+    # every row that is not drawn is invalid: loading still succeeds, so only the drawn rows are read
+    write_jsonl(tmp_path / "m.jsonl", [GOOD if i in kept else bad for i in range(100)])
+    convs, _ = load_mixture([spec], data_dir=None, seed=42)
+    assert len(convs) == 10
+    # a bad row among the drawn ones is reported by its index in the file
+    write_jsonl(tmp_path / "m.jsonl", [bad if i == kept[3] else GOOD for i in range(100)])
+    with pytest.raises(DataValidationError, match=f"row {kept[3]}:"):
+        load_mixture([spec], data_dir=None, seed=42)

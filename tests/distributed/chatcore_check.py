@@ -1,8 +1,9 @@
-"""Run under `accelerate launch --multi_gpu --num_processes 2`: ChatCORE shares problems and gathers.
+"""Run under `accelerate launch --multi_gpu --num_processes 2`: ChatCORE and bits per byte share the work.
 
 Checks, on every rank: each rank evaluated a disjoint share (sizes sum to the total), the gathered
 totals equal a single-process evaluation of all problems, and both ranks return identical results.
-Prints CHATCORE_DISTRIBUTED_OK once per rank.
+Then ``BitsPerByteCallback`` runs 3 of 5 validation batches on rank 0 and 2 on rank 1, and its value
+equals every batch evaluated on every rank. Prints CHATCORE_DISTRIBUTED_OK and BPB_DISTRIBUTED_OK once per rank.
 """
 
 import json
@@ -64,6 +65,35 @@ def main():
     print(
         "CHATCORE_DISTRIBUTED_OK", state.process_index, json.dumps({n: r["correct"] for n, r in res["tasks"].items()})
     )
+    check_bpb(model, tokenizer, state)
+
+
+def check_bpb(model, tokenizer, state):
+    from nanosft import callbacks
+
+    g = torch.Generator().manual_seed(1)  # the same batches on both ranks
+    batches = []
+    for _ in range(5):
+        ids = torch.randint(100, 60000, (2, 16), generator=g)
+        labels = torch.where(torch.rand(2, 16, generator=g) < 0.6, torch.roll(ids, -1, 1), torch.full_like(ids, -100))
+        batches.append({"input_ids": ids, "labels": labels})
+    tb = callbacks.token_bytes(tokenizer)
+    # reference: every rank evaluates every batch; the all-reduce doubles nats and bytes alike
+    ref = callbacks.evaluate_bpb(model, batches, tb)
+    seen = []
+    original = callbacks.evaluate_bpb
+
+    def spy(model, batches, *args):
+        batches = list(batches)
+        seen.append(len(batches))
+        return original(model, batches, *args)
+
+    callbacks.evaluate_bpb = spy
+    got = callbacks.BitsPerByteCallback(batches, token_bytes=tb, every=1).compute(None, None, model=model)["val_bpb"]
+    callbacks.evaluate_bpb = original
+    assert seen == [3 - state.process_index], seen  # rank 0: batches 0, 2, 4; rank 1: batches 1, 3
+    assert abs(got - ref) < 1e-9 * ref, (got, ref)
+    print("BPB_DISTRIBUTED_OK", state.process_index, got)
 
 
 if __name__ == "__main__":
