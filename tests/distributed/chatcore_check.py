@@ -66,6 +66,9 @@ def main():
         "CHATCORE_DISTRIBUTED_OK", state.process_index, json.dumps({n: r["correct"] for n, r in res["tasks"].items()})
     )
     check_bpb(model, tokenizer, state)
+    # leave together: a rank that exits while the other still holds the gloo group aborts it (SIGABRT)
+    state.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 def check_bpb(model, tokenizer, state):
