@@ -35,7 +35,8 @@ def main(argv=None) -> dict:
 
     from .chatcore import DEFAULT_TASKS, run_chatcore
     from .config import load_config
-    from .eval import format_table, write_json_atomic
+    from .checkpoint import write_json_atomic
+    from .eval import format_table
     from .train import load_model, load_tokenizer
 
     cfg = load_config(args.config, args.overrides)

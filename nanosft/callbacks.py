@@ -245,8 +245,7 @@ class ChatCoreCallback(_StashingCallback):
     def _load(self) -> dict[str, list[dict]]:
         out = {}
         for name in self.tasks:
-            kind = chatcore.get_task(name).kind
-            cap = self.caps["max_categorical" if kind == chatcore.CATEGORICAL else "max_generative"]
+            cap = chatcore.task_cap(name, **self.caps)
             out[name] = chatcore.load_problems(name, "test", self.data_dir, cap, self.gen["seed"])
         return out
 

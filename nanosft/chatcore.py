@@ -156,6 +156,18 @@ def load_problems(
     return [problems[i] for i in order]
 
 
+def centered_score(task: str, accuracy: float) -> float:
+    """(accuracy - b) / (1 - b), b the task's chance baseline (0.25 for 4-way multiple choice, 0 for
+    generative tasks; nanochat/scripts/chat_eval.py). Raises ValueError for an unknown task."""
+    baseline = get_task(task).baseline
+    return (accuracy - baseline) / (1.0 - baseline)
+
+
+def task_cap(task: str, max_categorical: int | None, max_generative: int | None) -> int | None:
+    """The problem cap that applies to ``task``: ``max_categorical`` or ``max_generative`` by its kind."""
+    return max_categorical if get_task(task).kind == CATEGORICAL else max_generative
+
+
 def chatcore_metrics(accuracies: dict[str, float]) -> dict[str, float]:
     """Centered scores (nanochat/scripts/chat_eval.py).
 
@@ -166,7 +178,7 @@ def chatcore_metrics(accuracies: dict[str, float]) -> dict[str, float]:
         ``{"chatcore_metric": mean of (acc - b)/(1 - b) over the tasks, "chatcore_cat": the same over
         the categorical tasks}``; a key is absent when it has no task.
     """
-    centered = {n: (a - get_task(n).baseline) / (1.0 - get_task(n).baseline) for n, a in accuracies.items()}
+    centered = {n: centered_score(n, a) for n, a in accuracies.items()}
     out = {}
     if centered:
         out["chatcore_metric"] = sum(centered.values()) / len(centered)
@@ -180,11 +192,12 @@ _RENDERERS: dict[int, tuple] = {}
 
 
 def renderer_for(tokenizer) -> ChatRenderer:
-    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the backend: ~0.5 s)."""
-    hit = _RENDERERS.get(id(tokenizer))
-    if hit is None or hit[0] is not tokenizer:
-        hit = _RENDERERS[id(tokenizer)] = (tokenizer, ChatRenderer(tokenizer))
-    return hit[1]
+    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the backend: ~0.5 s).
+
+    Keyed by ``id``; the entry holds the tokenizer too, so the id cannot be reused while cached."""
+    if id(tokenizer) not in _RENDERERS:
+        _RENDERERS[id(tokenizer)] = (tokenizer, ChatRenderer(tokenizer))
+    return _RENDERERS[id(tokenizer)][1]
 
 
 def letter_token_ids(tokenizer, letters, encoder=None) -> list[int]:
@@ -258,7 +271,8 @@ def predict_categorical(
             letters = problems[i]["letters"]
             focus = logits[row, col, [cache[x] for x in letters]]
             preds[i] = letters[int(focus.argmax())]
-            scores[i] = focus.float().cpu()
+            if return_scores:
+                scores[i] = focus.float().cpu()
         if progress is not None:
             progress(len(idx))
     return (preds, scores) if return_scores else preds
@@ -397,7 +411,7 @@ def run_chatcore(
         with gathered_for_generation(model, accelerator) as gen_model:
             for name in tasks:
                 spec = get_task(name)
-                cap = max_categorical if spec.kind == CATEGORICAL else max_generative
+                cap = task_cap(name, max_categorical, max_generative)
                 if problems is not None and name in problems:
                     task_problems = problems[name][:cap] if cap is not None else problems[name]
                 else:

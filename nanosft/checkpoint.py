@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 
 logger = logging.getLogger(__name__)
 
@@ -234,13 +235,25 @@ def checkpoint_record(trainer, run_config: dict | None = None) -> dict:
     }
 
 
+def write_json_atomic(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON (``default=str``) via a temp file in the same folder and
+    ``os.replace``, so a reader never sees half a file; the temp file is removed on any error."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_record(folder: str, record: dict) -> str:
-    """Write ``record`` as ``<folder>/nanosft_state.json`` (temp file + rename) and return its path."""
+    """Write ``record`` as ``<folder>/nanosft_state.json`` (``write_json_atomic``) and return its path."""
     path = os.path.join(folder, RECORD_NAME)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(path, record)
     return path
 
 

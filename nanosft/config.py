@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import os
 import re
 import types
@@ -188,9 +189,14 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return True  # an annotation the configs never use: let the dataclass decide
 
 
+@functools.cache
+def _type_hints() -> dict:
+    """``typing.get_type_hints`` of the whole TrainingArguments/SFTConfig chain, evaluated once."""
+    return typing.get_type_hints(NanoSFTConfig)
+
+
 def _annotation(name: str):
-    hints = typing.get_type_hints(NanoSFTConfig)
-    return hints.get(name, _FIELDS[name].type)
+    return _type_hints().get(name, _FIELDS[name].type)
 
 
 def validate_dict(d: dict, source: str = "config") -> None:

@@ -214,7 +214,8 @@ def supervision_stats(dataset, render_stats: RenderStats | None = None) -> dict[
         render_stats: the renderer's stats of that rendering; adds ``truncated`` and ``tokens_dropped``.
     """
     acc = defaultdict(lambda: {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0})
-    for ids, mask, src in zip(dataset["input_ids"], dataset["assistant_masks"], dataset["source"]):
+    cols = dataset[:]  # every column read once into lists
+    for ids, mask, src in zip(cols["input_ids"], cols["assistant_masks"], cols["source"]):
         a = acc[src]
         a["conversations"] += 1
         a["tokens"] += len(ids)

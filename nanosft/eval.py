@@ -13,9 +13,7 @@ processes and only the main one prints and writes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
 
 
@@ -31,20 +29,6 @@ def format_table(results: dict) -> str:
         if key in results:
             lines.append(f"{key:<14} {'':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to ``path`` via a temp file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".chatcore.", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def parse_args(argv=None):
@@ -74,6 +58,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .chatcore import run_chatcore
+    from .checkpoint import write_json_atomic
 
     args = parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -21,10 +21,6 @@ import os
 
 logger = logging.getLogger(__name__)
 
-# ChatCORE baselines (nanochat/scripts/chat_eval.py): 4-way multiple choice 0.25, generative 0.
-_CATEGORICAL = {"ARC-Easy", "ARC-Challenge", "MMLU"}
-
-
 def hide_token(args) -> None:
     """Move ``args.hub_token`` into ``os.environ["HF_TOKEN"]`` and set it to None (in place).
 
@@ -57,6 +53,7 @@ def chatcore_table(metrics: dict) -> list[str]:
     Each task row gives the accuracy and the centered score (acc - baseline) / (1 - baseline), with
     baseline 0.25 for ARC/MMLU and 0 for generative tasks (nanochat). Empty list if no ChatCORE ran.
     """
+    from . import chatcore
     from .checkpoint import chatcore_results
 
     tasks = chatcore_results(metrics)
@@ -64,8 +61,8 @@ def chatcore_table(metrics: dict) -> list[str]:
         return []
     lines = ["| task | accuracy | centered |", "|---|---|---|"]
     for name, acc in sorted(tasks.items()):
-        base = 0.25 if name in _CATEGORICAL else 0.0
-        lines.append(f"| {name} | {acc:.4f} | {(acc - base) / (1 - base):.4f} |")
+        centered = chatcore.centered_score(name, acc) if name in chatcore.TASKS else acc  # baseline 0
+        lines.append(f"| {name} | {acc:.4f} | {centered:.4f} |")
     for key in ("chatcore_metric", "chatcore_cat"):
         value = metrics.get(key, metrics.get(f"eval_{key}"))
         if value is not None:

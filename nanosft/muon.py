@@ -35,6 +35,7 @@ DeepSpeed's own Muon through :func:`prepare_deepspeed_muon` (its math differs, s
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections import defaultdict
@@ -480,6 +481,11 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
 # -----------------------------------------------------------------------------
 # DeepSpeed ZeRO: use DeepSpeed's own Muon, with nanochat's groups
 
+# the build_optimizer keywords that DeepSpeed's MuonWithAuxAdam can honour (prepare_deepspeed_muon)
+DEEPSPEED_MUON_KEYS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "init_lr_frac", "adam_betas",
+                       "adam_eps", "momentum", "weight_decay", "d_model")
+
+
 def prepare_deepspeed_muon(model: nn.Module, ds_config: dict, **build_kwargs):
     """DeepSpeed's ``MuonWithAuxAdam`` with nanochat's groups and LRs, and a ZeRO config that lets it run.
 
@@ -533,12 +539,11 @@ def prepare_deepspeed_muon(model: nn.Module, ds_config: dict, **build_kwargs):
             raise ValueError("ZeRO-3 with Muon needs zero_optimization.reduce_scatter: false.")
         zero["reduce_scatter"] = False
 
-    unknown = set(build_kwargs) - {"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "init_lr_frac",
-                                   "adam_betas", "adam_eps", "momentum", "weight_decay", "d_model"}
+    unknown = set(build_kwargs) - set(DEEPSPEED_MUON_KEYS)
     if unknown:
         raise TypeError(f"prepare_deepspeed_muon: unsupported keywords {sorted(unknown)}")
-    kw = dict(embedding_lr=0.3, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, init_lr_frac=0.8,
-              adam_betas=(0.8, 0.95), adam_eps=1e-10, momentum=0.95, weight_decay=0.0, d_model=None)
+    defaults = inspect.signature(build_optimizer).parameters
+    kw = {k: defaults[k].default for k in DEEPSPEED_MUON_KEYS}
     kw.update(build_kwargs)
     scale = ((kw["d_model"] or _d_model(model)) / REFERENCE_D_MODEL) ** -0.5
     lrs = {"matrix": kw["matrix_lr"], "embedding": kw["embedding_lr"] * scale,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from itertools import chain
 
 import torch
 
@@ -97,13 +98,14 @@ def pack_dataset(dataset, max_length: int, buffer_size: int = 100):
     """
     import datasets
 
-    ids, masks = dataset["input_ids"], dataset["assistant_masks"]
+    # [:] reads each Arrow column once into lists (indexing a datasets Column converts one row per call)
+    ids, masks = dataset["input_ids"][:], dataset["assistant_masks"][:]
     lengths = [len(x) for x in ids]
     rows = pack_best_fit(lengths, max_length + 1, buffer_size)
     out_ids, out_masks, out_lens = [], [], []
     for row in rows:
-        out_ids.append([t for i in row for t in ids[i]])
-        out_masks.append([m for i in row for m in masks[i]])
+        out_ids.append(list(chain.from_iterable(ids[i] for i in row)))
+        out_masks.append(list(chain.from_iterable(masks[i] for i in row)))
         out_lens.append([lengths[i] for i in row])
     real = sum(lengths)
     logger.info(

@@ -88,11 +88,11 @@ def chatcore_from_log(log_history: list[dict]) -> dict:
 
 
 def _cap(task: str, config: dict) -> int | None:
-    from .chatcore import CATEGORICAL, TASKS
+    from .chatcore import TASKS, task_cap
 
-    spec = TASKS.get(task)
-    key = "chatcore_max_categorical" if spec is not None and spec.kind == CATEGORICAL else "chatcore_max_generative"
-    return config.get(key)
+    if task not in TASKS:  # a task this version does not know: the generative cap, as before
+        return config.get("chatcore_max_generative")
+    return task_cap(task, config.get("chatcore_max_categorical"), config.get("chatcore_max_generative"))
 
 
 def chatcore_table(before: dict, after: dict, config: dict | None = None) -> list[str]:

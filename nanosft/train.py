@@ -10,7 +10,6 @@ config, generation config with ``<|assistant_end|>`` as EOS, tokenizer with the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -192,14 +191,6 @@ def versions() -> dict:
             "trl": trl.__version__, "accelerate": accelerate.__version__, "python": sys.version.split()[0]}
 
 
-def write_json(path: str, obj) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .config import build_config, read_config_dict
@@ -235,22 +226,22 @@ def main(argv=None) -> int:
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
-    from .checkpoint import redact, resolve_resume
+    from .checkpoint import redact, resolve_resume, write_json_atomic
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
     trainer.run_config = raw  # recorded in every checkpoint's nanosft_state.json
     if trainer.is_world_process_zero():
         os.makedirs(cfg.output_dir, exist_ok=True)
-        write_json(os.path.join(cfg.output_dir, "run_config.json"),
-                   {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
-                    "training_args": cfg.to_dict(), "versions": versions()})
-        write_json(os.path.join(cfg.output_dir, "data_stats.json"), stats)
+        write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
+                          {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
+                           "training_args": cfg.to_dict(), "versions": versions()})
+        write_json_atomic(os.path.join(cfg.output_dir, "data_stats.json"), stats)
     # "auto": the latest complete checkpoint-<step> in output_dir, or a fresh start when there is none
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        write_json(os.path.join(cfg.output_dir, "metrics.json"),
-                   {"train": result.metrics, "log_history": trainer.state.log_history})
+        write_json_atomic(os.path.join(cfg.output_dir, "metrics.json"),
+                          {"train": result.metrics, "log_history": trainer.state.log_history})
     trainer.save_model(cfg.output_dir)  # with push_to_hub: also uploads output_dir (Trainer.push_to_hub)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(cfg.output_dir)

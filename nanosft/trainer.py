@@ -119,12 +119,13 @@ class NanoSFTTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         with torch.no_grad():
             correct = (logits.argmax(-1) == targets).sum()
-            stats = torch.stack([correct, local, torch.as_tensor(real_tokens if real_tokens is not None else 0)])
-            stats = self.accelerator.gather_for_metrics(stats.to(loss.device).reshape(1, 3)).sum(0)
-        n_sup = int(stats[1])
-        self._metrics[mode]["mean_token_accuracy"].append(float(stats[0]) / max(n_sup, 1))
+            real = torch.as_tensor(real_tokens if real_tokens is not None else 0, device=local.device)
+            stats = torch.stack([correct, local, real]).reshape(1, 3)
+            # one device-to-host copy per micro-batch for all three counts
+            n_correct, n_sup, n_real = (int(x) for x in self.accelerator.gather_for_metrics(stats).sum(0).tolist())
+        self._metrics[mode]["mean_token_accuracy"].append(n_correct / max(n_sup, 1))
         if mode == "train":
-            self._tokens_seen[0] += int(stats[2])
+            self._tokens_seen[0] += n_real
             self._tokens_seen[1] += n_sup
             self._metrics[mode]["num_tokens"] = [self._tokens_seen[0]]
             self._metrics[mode]["num_supervised_tokens"] = [self._tokens_seen[1]]
@@ -164,12 +165,10 @@ class NanoSFTTrainer(SFTTrainer):
         Raises:
             ValueError: from ``prepare_deepspeed_muon`` when clipping is on (set ``max_grad_norm: 0``).
         """
-        from .muon import prepare_deepspeed_muon
+        from .muon import DEEPSPEED_MUON_KEYS, prepare_deepspeed_muon
 
         ds_config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
-        allowed = {"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "init_lr_frac", "momentum",
-                   "weight_decay", "adam_betas", "adam_eps", "d_model"}
-        kw = {k: v for k, v in optimizer_kwargs(self.args, self.model).items() if k in allowed}
+        kw = {k: v for k, v in optimizer_kwargs(self.args, self.model).items() if k in DEEPSPEED_MUON_KEYS}
         optimizer, fixed = prepare_deepspeed_muon(self.model, ds_config, **kw)
         ds_config.update(fixed)
         return optimizer
