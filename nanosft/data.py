@@ -2,7 +2,9 @@
 
 A mixture is a list of ``DatasetSpec`` (one YAML entry each). Each spec names a loader in ``LOADERS``
 (local ``data_dir`` or the Hugging Face Hub), may repeat for several ``epochs`` (nanochat repeats GSM8K
-4x and MMLU 3x) and may be capped by ``max_rows``. Everything is loaded, validated and rendered before
+4x and MMLU 3x; a fraction adds a seeded random part of the rows) and may be capped by ``max_rows``.
+User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of ``nanosft.formats``
+(messages, sharegpt, alpaca, openai), and any dataset may carry a ``system_prompt:``. Everything is loaded, validated and rendered before
 the model is built, so a missing file or a malformed row fails in seconds, not after a model download.
 The mixture is shuffled once with ``random.Random(seed)`` (nanochat's TaskMixture, seed 42), then
 rendered with one batched encode per 1,000 conversations (``ChatRenderer.render_batch``).
@@ -13,30 +15,35 @@ assistant mask) and ``source``; TRL treats it as pre-tokenized.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from functools import partial
 
-from .tasks import DataSourceError, gpteacher, gsm8k, identity, load_hub, read_jsonl, require_file, spellingbee
+from .formats import FIELD_KEYS, FORMATS, Rows, converter, read_files
+from .tasks import DataSourceError, gpteacher, gsm8k, identity, load_hub, spellingbee
 from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 
 logger = logging.getLogger(__name__)
 
 
-def _hub_messages(split="train", data_dir=None, hub_id=None, column="messages", subset=None):
+def _hub_rows(split="train", data_dir=None, hub_id=None, subset=None, columns=None) -> Rows:
+    """A Hub dataset's rows (only ``columns`` where given and present), positioned by 0-based row index."""
     if hub_id is None:
-        raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id with a messages column)")
+        raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id)")
     ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
-    return [row[column] for row in ds]
+    keep = [c for c in columns or () if c in ds.column_names]
+    rows = Rows()
+    rows.add((ds.select_columns(keep) if keep else ds).to_list(), hub_id, "row index")
+    return rows
 
 
-def _jsonl_messages(split="train", data_dir=None, path=None):
+def _file_rows(split="train", data_dir=None, path=None) -> Rows:
     if path is None:
-        raise DataSourceError("dataset `jsonl` needs `path:` (a JSON-lines file, one conversation per line)")
-    rows = read_jsonl(require_file(path, "Check the `path:` of this dataset in the config."))
-    return [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in rows]
+        raise DataSourceError("dataset `files` needs `path:` (a .jsonl, .json, .parquet or .csv file, a glob or a list)")
+    return read_files(path)
 
 
 def _mmlu_messages(split="auxiliary_train", data_dir=None):
@@ -65,12 +72,15 @@ LOADERS = {
     "spellingbee": partial(spellingbee.load_conversations, kind="spellingbee"),
     "simplespelling": partial(spellingbee.load_conversations, kind="simplespelling"),
     "gpteacher": gpteacher.load_conversations,
-    "smoltalk": partial(_hub_messages, hub_id="HuggingFaceTB/smol-smoltalk"),
+    "smoltalk": partial(_hub_rows, hub_id="HuggingFaceTB/smol-smoltalk"),
     "mmlu": _mmlu_messages,
     "arc": _arc_messages,
-    "hub": _hub_messages,
-    "jsonl": _jsonl_messages,
+    "hub": _hub_rows,
+    "files": _file_rows,
+    "jsonl": _file_rows,  # the name before other file types were read
 }
+# Loaders whose rows are in a user-chosen `format:` (the others yield nanochat messages).
+FORMAT_LOADERS = ("hub", "smoltalk", "files", "jsonl")
 
 
 @dataclass
@@ -80,26 +90,38 @@ class DatasetSpec:
     Attributes:
         name: a key of ``LOADERS``.
         split: dataset split ("train", "test").
-        epochs: how many times the dataset enters the mixture (int >= 1).
+        epochs: how many times the dataset enters the mixture: an int >= 1, or a fraction, where 2.5 is every
+            row twice plus a seeded random half of them (``epoch_indices``), 0.3 a seeded random 30%.
         max_rows: keep a seeded random subset of N rows, in source order, before repetition (None keeps
             all). Random, not the first N: local MMLU files are sorted by subject, and MMLU val's first 160
             rows (11 subjects) answer "D" 33% of the time, which a short SFT learns as a prior.
         size: number of synthetic examples (spellingbee, simplespelling).
         subset: loader-specific subset (gpteacher: codegen/roleplay/toolformer; hub: config name).
-        path: file for ``jsonl`` (or to override the identity file).
+        path: for ``files``: a .jsonl, .json (array), .parquet or .csv file, a glob, or a list of them (also
+            overrides the identity file).
         hub_id: dataset id for ``hub``.
-        column: messages column for ``hub``.
+        format: row format of ``files`` / ``hub`` datasets, a key of ``nanosft.formats.FORMATS``.
+        messages_field, role_field, content_field: rename the fields the format reads (e.g. ``conversations``,
+            ``from``, ``value`` for sharegpt).
+        role_map: source role name -> system/user/assistant, over the format's own names.
+        system_prompt: a system message for every conversation of this dataset that has none (merged into
+            the first user turn, as nanochat does).
     """
 
     name: str
     split: str = "train"
-    epochs: int = 1
+    epochs: int | float = 1
     max_rows: int | None = None
     size: int | None = None
     subset: str | None = None
-    path: str | None = None
+    path: str | list | None = None
     hub_id: str | None = None
-    column: str | None = None
+    format: str = "messages"
+    messages_field: str | None = None
+    role_field: str | None = None
+    content_field: str | None = None
+    role_map: dict | None = None
+    system_prompt: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "datasets") -> DatasetSpec:
@@ -114,20 +136,57 @@ class DatasetSpec:
             raise ValueError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
         if d["name"] not in LOADERS:
             raise ValueError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
-        for key in ("epochs", "max_rows", "size"):
+        name = d["name"]
+        for key in ("max_rows", "size"):
             if d.get(key) is not None and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
-                raise ValueError(f"{where}: `{key}` of dataset {d['name']!r} must be a positive integer, got {d[key]!r}")
-        return cls(**d)
+                raise ValueError(f"{where}: `{key}` of dataset {name!r} must be a positive integer, got {d[key]!r}")
+        epochs = d.get("epochs", 1)
+        if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or not 0 < epochs < float("inf"):
+            raise ValueError(f"{where}: `epochs` of dataset {name!r} must be a positive number (2, 0.5, 1.5), "
+                             f"got {epochs!r}")
+        for key in ("format", "system_prompt", *FIELD_KEYS):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise ValueError(f"{where}: `{key}` of dataset {name!r} must be a string, got {d[key]!r}")
+        path = d.get("path")
+        if path is not None and not (isinstance(path, str) or (
+                isinstance(path, list) and path and all(isinstance(p, str) for p in path))):
+            raise ValueError(f"{where}: `path` of dataset {name!r} must be a file, a glob or a list of them, got {path!r}")
+        role_map = d.get("role_map")
+        if role_map is not None and not (isinstance(role_map, dict) and all(isinstance(k, str) for k in role_map)):
+            raise ValueError(f"{where}: `role_map` of dataset {name!r} must map role names to system/user/assistant")
+        options = [k for k in ("role_map", *FIELD_KEYS) if d.get(k) is not None]
+        if name not in FORMAT_LOADERS and (options or d.get("format", "messages") != "messages"):
+            raise ValueError(f"{where}: `format` and {list(FIELD_KEYS)}/`role_map` apply to datasets "
+                             f"{list(FORMAT_LOADERS)}, not {name!r}")
+        spec = cls(**d)
+        try:
+            spec.converter
+        except ValueError as e:
+            raise ValueError(f"{where}: dataset {name!r}: {e}") from None
+        return spec
+
+    @functools.cached_property
+    def converter(self):
+        """Row -> messages for this dataset's ``format``, field names, ``role_map`` and ``system_prompt``
+        (``nanosft.formats.converter``); raises ``ValueError`` for an unknown format, field or role."""
+        return converter(self.format, self.field_names, self.role_map, self.system_prompt)
+
+    @property
+    def field_names(self) -> dict:
+        """The format's field names renamed by ``messages_field`` / ``role_field`` / ``content_field``."""
+        return {FIELD_KEYS[k]: getattr(self, k) for k in FIELD_KEYS if getattr(self, k)}
 
     @property
     def label(self) -> str:
         """A readable name for logs and errors, e.g. ``gsm8k[train]``."""
-        extra = self.subset or self.hub_id or self.path
+        extra = self.subset or self.hub_id or (self.path if not isinstance(self.path, list) else "+".join(self.path))
         return f"{self.name}{'/' + extra if extra else ''}[{self.split}]"
 
     def load(self, data_dir: str | None) -> list:
         """All raw conversations of this dataset (one epoch; ``max_rows`` is applied by ``row_indices``)."""
-        kwargs = {k: getattr(self, k) for k in ("size", "subset", "path", "hub_id", "column") if getattr(self, k)}
+        kwargs = {k: getattr(self, k) for k in ("size", "subset", "path", "hub_id") if getattr(self, k)}
+        if self.name in ("hub", "smoltalk"):
+            kwargs["columns"] = list({**FORMATS[self.format].fields, **self.field_names}.values())
         return LOADERS[self.name](split=self.split, data_dir=data_dir, **kwargs)
 
     def row_indices(self, num_rows: int, seed: int) -> list[int]:
@@ -139,6 +198,20 @@ class DatasetSpec:
         if not self.max_rows or self.max_rows >= num_rows:
             return list(range(num_rows))
         return sorted(random.Random(f"{seed}:{self.label}").sample(range(num_rows), self.max_rows))
+
+    def epoch_indices(self, num_rows: int, seed: int) -> list[int]:
+        """Indices into this dataset's ``num_rows`` valid conversations, one per mixture entry.
+
+        ``int(epochs)`` full passes, then ``round(frac * num_rows)`` rows (at least 1 when ``epochs < 1``) drawn
+        without replacement with ``random.Random(f"{seed}:{label}:epochs")``, in source order: reproducible
+        for a seed, independent of the other datasets, and a different subset for another seed.
+        """
+        whole = int(self.epochs)
+        extra = round((self.epochs - whole) * num_rows)
+        if whole == 0:
+            extra = max(extra, 1)
+        picked = random.Random(f"{seed}:{self.label}:epochs").sample(range(num_rows), min(extra, num_rows))
+        return list(range(num_rows)) * whole + sorted(picked)
 
 
 class DataValidationError(ValueError):
@@ -159,28 +232,31 @@ def load_mixture(
     Raises:
         DataSourceError: a file is missing or a Hub dataset cannot be loaded.
         DataValidationError: a row is invalid and ``skip_invalid`` is False, e.g.
-            ``"dataset jsonl/my.jsonl[train], row 17: message 2: roles must alternate ..."``.
+            ``"dataset files/my.jsonl[train], my.jsonl, line 18: message 2: roles must alternate ..."`` (files:
+            1-based line or row; Hub datasets: row index; built-in tasks: row index), or a format refuses it.
     """
     items: list[tuple[list[dict], str]] = []
     for spec in specs:
         raw = spec.load(data_dir)
         kept = spec.row_indices(len(raw), seed)
+        to_messages = spec.converter
         valid, skipped = [], 0
-        for row in kept:  # row: the index in the source, as error messages report it
+        for row in kept:  # row: the index in the source
             try:
-                valid.append(normalize_conversation(raw[row]))
+                valid.append(normalize_conversation(to_messages(raw[row])))
             except ConversationError as e:
                 if not skip_invalid:
+                    where = raw.where(row) if isinstance(raw, Rows) else f"row {row}"
                     raise DataValidationError(
-                        f"dataset {spec.label}, row {row}: {e}. Fix the row, or set `skip_invalid: true` to skip such rows."
+                        f"dataset {spec.label}, {where}: {e}. Fix the row, or set `skip_invalid: true` to skip such rows."
                     ) from None
                 skipped += 1
         if skipped:
             logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid)", spec.label, skipped, len(kept))
         if not valid:
             raise DataValidationError(f"dataset {spec.label}: no valid conversations")
-        items += [(c, spec.label) for c in valid] * spec.epochs
-        logger.info("dataset %s: %d conversations x %d epochs", spec.label, len(valid), spec.epochs)
+        items += [(valid[i], spec.label) for i in spec.epoch_indices(len(valid), seed)]
+        logger.info("dataset %s: %d conversations x %s epochs", spec.label, len(valid), spec.epochs)
     random.Random(seed).shuffle(items)
     return [c for c, _ in items], [s for _, s in items]
 

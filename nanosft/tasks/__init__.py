@@ -22,18 +22,25 @@ def require_file(path: str, how_to_get: str) -> str:
     return path
 
 
-def read_jsonl(path: str) -> list:
-    """Read a JSON-lines file; a bad line raises ``DataSourceError`` naming the file and line number."""
-    rows = []
+def iter_jsonl(path: str):
+    """``(line_number, row)`` for each non-blank line of a JSON-lines file (1-based line numbers).
+
+    Raises:
+        DataSourceError: a line is not valid JSON; the message names the file and line number.
+    """
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataSourceError(f"{path}, line {lineno}: invalid JSON ({e.msg})") from None
-    return rows
+
+
+def read_jsonl(path: str) -> list:
+    """Read a JSON-lines file; a bad line raises ``DataSourceError`` naming the file and line number."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def load_hub(repo_id: str, *args, split: str, **kwargs):
