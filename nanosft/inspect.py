@@ -4,7 +4,8 @@ It loads the tokenizer (``nanosft.train.load_tokenizer``), the training mixture 
 validation, ``skip_invalid``, shuffle with ``mixture_seed``) and renders it exactly as training does
 (``ChatRenderer`` with ``max_tokens = max_length + 1``), then prints:
 
-1. ``--n`` sample conversations of each dataset, token by token, supervised tokens (assistant mask 1,
+1. ``--n`` sample conversations of each dataset, headed by the dataset's ``format:`` (messages, sharegpt,
+   alpaca, openai: ``nanosft.formats``) so a row of each format is seen as training sees it, token by token, supervised tokens (assistant mask 1,
    the training targets) in green and unsupervised ones in red. When stdout is not a terminal (or with
    ``--color never``) the spans are written as plain markers instead::
 
@@ -93,13 +94,15 @@ def inspect_config(cfg, n: int = 3, color: bool = False, out=None) -> dict:
     convs, sources = load_mixture(specs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
     rendered = render_dataset(renderer, convs, sources)
     stats = supervision_stats(rendered, renderer.stats)
+    formats = {spec.label: spec.format for spec in specs}
     shown: dict[str, int] = {}
     for i, src in enumerate(sources):
         if shown.get(src, 0) >= n:
             continue
         shown[src] = shown.get(src, 0) + 1
         ids, mask = rendered[i]["input_ids"], rendered[i]["assistant_masks"]
-        print(f"=== {src} #{shown[src]} (mixture row {i}, {len(ids)} tokens, {sum(mask)} supervised) ===", file=out)
+        print(f"=== {src} #{shown[src]} (format {formats[src]}, mixture row {i}, {len(ids)} tokens, "
+              f"{sum(mask)} supervised) ===", file=out)
         print(format_conversation(tokenizer, ids, mask, color), file=out)
         print(file=out)
     print(f"max_length={cfg.max_length}: conversations longer than {cfg.max_length + 1} tokens are truncated",
