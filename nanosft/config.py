@@ -60,7 +60,8 @@ class NanoSFTConfig(SFTConfig):
     )
     datasets: list = field(
         default_factory=lambda: [{"name": "gsm8k"}],
-        metadata={"help": "Training mixture: list of {name, split, epochs, max_rows, size, subset, path, hub_id}."},
+        metadata={"help": "Training mixture: list of {name, split, epochs, max_rows, size, subset, path, hub_id, "
+                          "format, messages_field, role_field, content_field, role_map, system_prompt}."},
     )
     eval_datasets: list | None = field(
         default=None, metadata={"help": "Validation mixture (same format); used for eval loss and bits per byte."}

@@ -42,7 +42,8 @@ def _hub_rows(split="train", data_dir=None, hub_id=None, subset=None, columns=No
 
 def _file_rows(split="train", data_dir=None, path=None) -> Rows:
     if path is None:
-        raise DataSourceError("dataset `files` needs `path:` (a .jsonl, .json, .parquet or .csv file, a glob or a list)")
+        raise DataSourceError("dataset `files` needs `path:` (a .jsonl, .json, .parquet or .csv file, a glob, "
+                              "or a list of them)")
     return read_files(path)
 
 
@@ -150,7 +151,8 @@ class DatasetSpec:
         path = d.get("path")
         if path is not None and not (isinstance(path, str) or (
                 isinstance(path, list) and path and all(isinstance(p, str) for p in path))):
-            raise ValueError(f"{where}: `path` of dataset {name!r} must be a file, a glob or a list of them, got {path!r}")
+            raise ValueError(f"{where}: `path` of dataset {name!r} must be a file, a glob or a list of them, "
+                             f"got {path!r}")
         role_map = d.get("role_map")
         if role_map is not None and not (isinstance(role_map, dict) and all(isinstance(k, str) for k in role_map)):
             raise ValueError(f"{where}: `role_map` of dataset {name!r} must map role names to system/user/assistant")
@@ -248,7 +250,8 @@ def load_mixture(
                 if not skip_invalid:
                     where = raw.where(row) if isinstance(raw, Rows) else f"row {row}"
                     raise DataValidationError(
-                        f"dataset {spec.label}, {where}: {e}. Fix the row, or set `skip_invalid: true` to skip such rows."
+                        f"dataset {spec.label}, {where}: {e}. Fix the row, or set `skip_invalid: true` to skip "
+                        "such rows."
                     ) from None
                 skipped += 1
         if skipped:

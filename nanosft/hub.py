@@ -42,7 +42,7 @@ def _mixture_rows(datasets: list | None) -> list[str]:
     rows = []
     for d in datasets or []:
         d = d if isinstance(d, dict) else {"name": str(d)}
-        extra = ", ".join(f"{k}={d[k]}" for k in ("subset", "max_rows", "size", "hub_id", "path") if d.get(k) is not None)
+        extra = ", ".join(f"{k}={d[k]}" for k in ("subset", "max_rows", "size", "hub_id", "path", "format") if d.get(k) is not None)
         rows.append(f"| {d.get('name')} | {d.get('split', 'train')} | {d.get('epochs', 1)} | {extra or '-'} |")
     return rows
 

@@ -5,9 +5,10 @@ validation, ``skip_invalid``, shuffle with ``mixture_seed``) and renders it exac
 (``ChatRenderer`` with ``max_tokens = max_length + 1``), then prints:
 
 1. ``--n`` sample conversations of each dataset, headed by the dataset's ``format:`` (messages, sharegpt,
-   alpaca, openai: ``nanosft.formats``) so a row of each format is seen as training sees it, token by token, supervised tokens (assistant mask 1,
-   the training targets) in green and unsupervised ones in red. When stdout is not a terminal (or with
-   ``--color never``) the spans are written as plain markers instead::
+   alpaca, openai: ``nanosft.formats``) so a row of each format is seen as training sees it, token by
+   token, supervised tokens (assistant mask 1, the training targets) in green and unsupervised ones in
+   red. When stdout is not a terminal (or with ``--color never``) the spans are written as plain markers
+   instead::
 
        [-<|bos|><|user_start|>What is 2+2?<|user_end|><|assistant_start|>][+4<|assistant_end|>]
 

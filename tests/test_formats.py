@@ -73,7 +73,8 @@ def test_sharegpt_field_names_and_roles_are_overridable(nanochat_tokenizer, tmp_
     rows = [{"dialog": [{"speaker": "customer", "text": q}, {"speaker": "agent", "text": a}]} for q, a in QA]
     path = write_jsonl(tmp_path / "support.jsonl", rows)
     got = load({"name": "files", "path": path, "format": "sharegpt", "messages_field": "dialog",
-                "role_field": "speaker", "content_field": "text", "role_map": {"customer": "user", "agent": "assistant"}})
+                "role_field": "speaker", "content_field": "text",
+                "role_map": {"customer": "user", "agent": "assistant"}})
     assert_same_rendering(nanochat_tokenizer, got, MESSAGES, tmp_path)
 
 
@@ -111,7 +112,8 @@ def test_alpaca_empty_input_renders_without_separator(nanochat_tokenizer, tmp_pa
 
 def test_openai_string_content_and_text_parts_render_like_messages(nanochat_tokenizer, tmp_path):
     rows = [{"messages": [{"role": "developer" if i % 2 else "system", "content": "Be brief."},
-                          {"role": "user", "content": [{"type": "text", "text": q[:3]}, {"type": "text", "text": q[3:]}]},
+                          {"role": "user",
+                           "content": [{"type": "text", "text": q[:3]}, {"type": "text", "text": q[3:]}]},
                           {"role": "assistant", "content": a, "refusal": None, "tool_calls": None}]}
             for i, (q, a) in enumerate(QA)]
     path = write_jsonl(tmp_path / "o.jsonl", rows)
@@ -295,9 +297,20 @@ def test_hub_rows_take_the_format_and_report_row_index(monkeypatch, nanochat_tok
 
 
 def test_every_format_has_a_readme_example(nanochat_tokenizer, tmp_path):
+    import re
+
+    import yaml
+
     readme = open(os.path.join(HERE, "..", "README.md"), encoding="utf-8").read()
+    section = readme[readme.index("## Datasets"):readme.index("\n## ", readme.index("## Datasets") + 3)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    lines = [line for block in blocks for line in block.split("\n") if line.strip().startswith("- ")]
+    entries = [yaml.safe_load(line)[0] for line in lines]
+    assert {e.get("format", "messages") for e in entries} == set(FORMATS)
+    for e in entries:  # every README entry is a valid dataset spec
+        DatasetSpec.from_dict(e)
     for name, fmt in FORMATS.items():
-        assert f"format: {name}" in readme and fmt.example in readme
+        assert fmt.example in section
         path = write_jsonl(tmp_path / f"{name}.jsonl", [json.loads(fmt.example)])
         (conv,) = load({"name": "files", "path": path, "format": name})
         assert rendered(nanochat_tokenizer, [conv])[0][1].count(1) > 0
@@ -317,4 +330,5 @@ def test_inspect_shows_a_row_of_each_format(tmp_path, data_dir, capsys):
     out = capsys.readouterr().out
     for name in FORMATS:
         assert f"=== files/{tmp_path / name}.jsonl[train] #1 (format {name}, " in out
-    assert "[-<|bos|><|user_start|>Translate to French.\n\ncat<|user_end|><|assistant_start|>][+chat<|assistant_end|>]" in out
+    assert ("[-<|bos|><|user_start|>Translate to French.\n\ncat<|user_end|><|assistant_start|>]"
+            "[+chat<|assistant_end|>]") in out
