@@ -4,10 +4,11 @@ A mixture is a list of ``DatasetSpec`` (one YAML entry each). Each spec names a 
 (local ``data_dir`` or the Hugging Face Hub), may repeat for several ``epochs`` (nanochat repeats GSM8K
 4x and MMLU 3x; a fraction adds a seeded random part of the rows) and may be capped by ``max_rows``.
 User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of ``nanosft.formats``
-(messages, sharegpt, alpaca, openai), and any dataset may carry a ``system_prompt:``. Everything is loaded, validated and rendered before
-the model is built, so a missing file or a malformed row fails in seconds, not after a model download.
-The mixture is shuffled once with ``random.Random(seed)`` (nanochat's TaskMixture, seed 42), then
-rendered with one batched encode per 1,000 conversations (``ChatRenderer.render_batch``).
+(messages, sharegpt, alpaca, openai), and any dataset may carry a ``system_prompt:``. Everything is
+loaded, validated and rendered before the model is built, so a missing file or a malformed row fails in
+seconds, not after a model download. The mixture is shuffled once with ``random.Random(seed)``
+(nanochat's TaskMixture, seed 42), then rendered with one batched encode per 1,000 conversations
+(``ChatRenderer.render_batch``).
 
 The result is a ``datasets.Dataset`` with columns ``input_ids``, ``assistant_masks`` (TRL's name for the
 assistant mask) and ``source``; TRL treats it as pre-tokenized.
@@ -157,9 +158,10 @@ class DatasetSpec:
         if role_map is not None and not (isinstance(role_map, dict) and all(isinstance(k, str) for k in role_map)):
             raise ValueError(f"{where}: `role_map` of dataset {name!r} must map role names to system/user/assistant")
         options = [k for k in ("role_map", *FIELD_KEYS) if d.get(k) is not None]
+        options += ["path"] if isinstance(path, list) else []
         if name not in FORMAT_LOADERS and (options or d.get("format", "messages") != "messages"):
-            raise ValueError(f"{where}: `format` and {list(FIELD_KEYS)}/`role_map` apply to datasets "
-                             f"{list(FORMAT_LOADERS)}, not {name!r}")
+            raise ValueError(f"{where}: `format`, {list(FIELD_KEYS)}, `role_map` and a list `path` apply to "
+                             f"datasets {list(FORMAT_LOADERS)}, not {name!r}")
         spec = cls(**d)
         try:
             spec.converter

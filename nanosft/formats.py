@@ -22,7 +22,7 @@ Files (``read_files``): ``.jsonl`` and ``.json`` (an array) are read with the st
 knows the 1-based line of a bad JSON line and keeps each row exactly as written; ``.parquet`` and ``.csv`` go
 through ``datasets``' file loaders (CSV cells are read as strings, empty cells as ``""``). A path may be a
 glob or a list of paths; every row remembers its file and 1-based line (JSONL) or row (other types) for
-error messages. Formats convert lazily: only rows drawn by ``max_rows`` / ``epochs`` are converted.
+error messages. Formats convert lazily: only the rows kept by ``max_rows`` are converted.
 """
 
 from __future__ import annotations
