@@ -267,6 +267,8 @@ def test_file_errors_name_the_path(tmp_path):
     ({"name": "files", "path": "x.jsonl", "epochs": 0}, "must be a positive number"),
     ({"name": "files", "path": "x.jsonl", "epochs": True}, "must be a positive number"),
     ({"name": "files", "path": 3}, "must be a file, a glob or a list"),
+    ({"name": "identity", "path": ["a.jsonl", "b.jsonl"]}, "a list `path` apply to"),
+    ({"name": "files", "path": "x.jsonl", "system_prompt": ["a"]}, "`system_prompt` of dataset 'files' must be a string"),
 ])
 def test_config_errors_name_the_key(spec, reason):
     with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
