@@ -215,6 +215,20 @@ def test_csv_numbers_stay_text_and_empty_cells_are_empty(tmp_path):
     assert answers == {"What is 6*7?": "042", "Add them.\n\n1 2": "3"}
 
 
+def test_csv_column_holding_json_messages(nanochat_tokenizer, tmp_path):
+    path = str(tmp_path / "m.csv")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "chat"])
+        w.writerows([[i, json.dumps(m)] for i, m in enumerate(MESSAGES)])
+    got = load({"name": "files", "path": path, "messages_field": "chat"})
+    assert_same_rendering(nanochat_tokenizer, got, MESSAGES, tmp_path)
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow([99, "[{not json"])
+    with pytest.raises(DataValidationError, match=r"m.csv, row 7: field `chat` is a string but not valid JSON"):
+        load({"name": "files", "path": path, "messages_field": "chat"})
+
+
 @pytest.mark.parametrize("kind, where", [("json", "row 3"), ("parquet", "row 3"), ("csv", "row 3"),
                                          ("glob", "part-1.jsonl, line 1")])
 def test_invalid_row_names_file_and_one_based_position(tmp_path, kind, where):
