@@ -56,22 +56,22 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the results dict (also written as JSON)."""
-    import torch
-    from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from .chatcore import require_sandbox, run_chatcore
     from .checkpoint import write_json_atomic
     from .sandbox import WeakSandboxError
 
     args = parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    state = PartialState()
     try:  # before loading anything: refuse a weak code sandbox in seconds
         layers = require_sandbox(tasks, args.allow_weak_sandbox)
     except WeakSandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    import torch  # heavy imports after the sandbox check
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    state = PartialState()
     if layers and state.is_main_process:
         print(f"code sandbox layers: {','.join(layers)}")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
