@@ -500,7 +500,7 @@ def is_weak(layers) -> bool:
     return not set(layers) & set(STRONG_LAYERS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checked(python, disabled: tuple, allow_weak: bool) -> tuple:
     result = probe(python, disabled)
     logger.info(

@@ -92,7 +92,8 @@ BENIGN_STDOUT = "ok tmp 332833500 {\"x\": 1}\n"
 CASES = {
     "benign": BENIGN,
     "write_open": "print('reached')\nopen(TARGET, 'w').write('x')",
-    "write_os_open": "import os\nprint('reached')\nfd = os.open(TARGET, os.O_WRONLY | os.O_CREAT, 0o666)\nos.write(fd, b'x')",
+    "write_os_open": "import os\nprint('reached')\nfd = os.open(TARGET, os.O_WRONLY | os.O_CREAT, 0o666)\n"
+    "os.write(fd, b'x')",
     "write_io_fileio": "import io\nprint('reached')\nio.FileIO(TARGET, 'w').write(b'x')",
     "write_pathlib": "import pathlib\nprint('reached')\npathlib.Path(TARGET).write_text('x')",
     "write_shutil": "import shutil\nprint('reached')\nshutil.copyfile('program.py', TARGET)",
@@ -229,7 +230,7 @@ def run_mode(public_dir, loopback_server):
                 "timeouts": TIMEOUT, "disable": list(MODES[mode]), "allow_weak": mode == "weak",
                 "disk_bytes": DISK_BYTES, "memory_bytes": MEMORY_BYTES}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NANOSFT_TEST_SECRET": secret}
-        proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(spec)], env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(spec)], env=env, capture_output=True, check=False,
                               text=True, timeout=300)
         lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         out = {
