@@ -230,8 +230,8 @@ def run_mode(public_dir, loopback_server):
                 "timeouts": TIMEOUT, "disable": list(MODES[mode]), "allow_weak": mode == "weak",
                 "disk_bytes": DISK_BYTES, "memory_bytes": MEMORY_BYTES}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NANOSFT_TEST_SECRET": secret}
-        proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(spec)], env=env, capture_output=True, check=False,
-                              text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(spec)], env=env, capture_output=True,
+                              check=False, text=True, timeout=300)
         lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         out = {
             "returncode": proc.returncode, "stderr": proc.stderr[-2000:], "secret": secret, "target": target,
