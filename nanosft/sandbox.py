@@ -29,8 +29,9 @@ elsewhere. nanosft keeps those layers and adds kernel ones, choosing the stronge
    every mode where the kernel has it, namespaces or not.
 4. seccomp (``seccomp``, x86_64/aarch64, no privilege, ``PR_SET_NO_NEW_PRIVS`` first): ``fork``/
    ``vfork``/process-``clone``, ``execve``, ``socket``, ``ptrace``, ``mount``, ``unshare``, ``setns``,
-   ``prctl``, ``kill``/``tgkill``/``pidfd_send_signal``, ``io_uring`` and friends fail with EPERM.
-   This stops fork bombs, ``os.system``, the network and signals even from ``ctypes``.
+   ``prctl``, ``kill``/``tgkill``/``pidfd_send_signal``, ``io_uring``, ``chmod``/``chown``/``setxattr``
+   (metadata writes Landlock does not cover), ``truncate`` by path and friends fail with EPERM. This stops
+   fork bombs, ``os.system``, the network and signals even from ``ctypes``.
 
 ``isolation_report()`` lists the layers one run actually obtained. A sandbox with neither
 ``mountns_ro`` nor ``landlock`` holds writes only by the Python guards: ``execute_code`` refuses to run
@@ -202,15 +203,20 @@ import platform
 machine = platform.machine()
 DENY = {  # syscall numbers: arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h
     "x86_64": (0xC000003E, 56, 126, [57, 58, 59, 322, 41, 101, 165, 166, 272, 308, 155, 161, 157, 321, 298, 112,
-                                     62, 200, 234, 129, 297, 424, 434, 438, 310, 311, 425, 426, 427]),
+                                     62, 200, 234, 129, 297, 424, 434, 438, 310, 311, 425, 426, 427,
+                                     90, 91, 268, 452, 92, 93, 94, 260, 188, 189, 190, 197, 198, 199, 76]),
     "aarch64": (0xC00000B7, 220, 91, [221, 281, 198, 117, 40, 39, 97, 268, 41, 51, 167, 280, 241, 157, 129, 130,
-                                      131, 138, 240, 424, 434, 438, 270, 271, 425, 426, 427]),
+                                      131, 138, 240, 424, 434, 438, 270, 271, 425, 426, 427,
+                                      52, 53, 452, 54, 55, 5, 6, 7, 14, 15, 16, 45]),
 }
 # x86_64: fork vfork execve execveat socket ptrace mount umount2 unshare setns pivot_root chroot prctl
 #         bpf perf_event_open setsid kill tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_send_signal
 #         pidfd_open pidfd_getfd process_vm_readv process_vm_writev io_uring_setup/enter/register;
-# aarch64: execve execveat socket ptrace umount2 mount unshare setns pivot_root chroot prctl bpf
-#         perf_event_open setsid kill tkill tgkill, then the same as x86_64
+#         then metadata writes Landlock does not cover: chmod fchmod fchmodat fchmodat2 chown fchown lchown
+#         fchownat setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr, and truncate (by path:
+#         Landlock ABI < 3 cannot stop it)
+# aarch64: execve execveat socket ptrace mount umount2 unshare setns pivot_root chroot prctl bpf
+#         perf_event_open setsid kill tkill tgkill, then as x86_64 (no legacy chmod/chown/lchown there)
 if machine in DENY and linux:
     arch, clone_nr, capset_nr, deny = DENY[machine]
     # no capabilities left for the code (root, or the creator of a user namespace): capset(2), v3 header
