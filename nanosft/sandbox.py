@@ -39,7 +39,7 @@ code there (``WeakSandboxError``, one line naming what is missing) unless ``allo
 (``allow_weak_sandbox: true`` in a config, ``--allow-weak-sandbox`` for ``nanosft.eval``). Tests and
 benchmarks force the weaker paths with ``disable=`` or ``NANOSFT_SANDBOX_DISABLE=privileged_ns,user_ns``.
 What no mode stops: CPU/memory side channels, reading world-readable files (read-only, not hidden),
-kernel exploits.
+kernel exploits; with Landlock alone (no mount namespace), changing the timestamps of the user's own files.
 
 Cost: one sandboxed run is about 70 ms of wall time on an idle machine (interpreter start, namespace
 setup, Landlock and seccomp); ``bench/sandbox.py`` prints each mode against the pre-Landlock sandbox.
