@@ -197,6 +197,8 @@ class ChatCoreCallback(_StashingCallback):
         batch_size: prompts per forward pass (categorical).
         generative_batch_size: prompts per ``generate`` call.
         max_new_tokens, num_samples, temperature, top_k, seed: generation settings.
+        allow_weak_sandbox: run HumanEval code even in a sandbox without namespaces or Landlock; the
+            sandbox is probed (and a weak one refused) here, before training starts.
 
     Problems are loaded once, at the first evaluation, then reused (the same subset every time).
     Under several processes every rank evaluates its share; under ZeRO-3 the weights are gathered
@@ -221,10 +223,14 @@ class ChatCoreCallback(_StashingCallback):
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 42,
+        allow_weak_sandbox: bool = False,
     ):
         super().__init__(every)
         for name in tasks:
             chatcore.get_task(name)  # fail at construction on a typo, not mid-training
+        if every and every > 0:
+            chatcore.require_sandbox(tasks, allow_weak_sandbox)  # likewise for a weak code sandbox
+        self.allow_weak_sandbox = allow_weak_sandbox
         self.tokenizer = tokenizer
         self.tasks = tuple(tasks)
         self.caps = {"max_categorical": max_categorical, "max_generative": max_generative}
@@ -256,7 +262,8 @@ class ChatCoreCallback(_StashingCallback):
         if self.problems is None:
             self.problems = self._load()
         results = chatcore.run_chatcore(
-            model, tokenizer, self.tasks, problems=self.problems, accelerator=self.accelerator, **self.gen
+            model, tokenizer, self.tasks, problems=self.problems, accelerator=self.accelerator,
+            allow_weak_sandbox=self.allow_weak_sandbox, **self.gen
         )
         self.last_results = results
         return chatcore.log_metrics(results)

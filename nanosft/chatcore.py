@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .engine import gathered_for_generation, generate_batch
+from .sandbox import execute_many, require_isolation
 from .template import ChatRenderer
 from .tokenizer import ordinary_encoder
 
@@ -56,13 +57,21 @@ def score_numeric(problems: list[dict], completions: list[str]) -> list[bool]:
     return [p["reference"] is not None and extract_answer(c) == p["reference"] for p, c in zip(problems, completions)]
 
 
-def score_humaneval(problems: list[dict], completions: list[str], timeout: float = 5.0) -> list[bool]:
-    """HumanEval: run each program (``tasks.humaneval.build_program``) in the sandbox, 4 at a time."""
-    from .sandbox import execute_many
+def score_humaneval(
+    problems: list[dict], completions: list[str], timeout: float = 5.0, allow_weak_sandbox: bool = False
+) -> list[bool]:
+    """HumanEval: run each program (``tasks.humaneval.build_program``) in the sandbox, 4 at a time.
+
+    Raises:
+        sandbox.WeakSandboxError: the sandbox has neither namespaces nor Landlock here and
+            ``allow_weak_sandbox`` is False.
+    """
     from .tasks.humaneval import build_program
 
+    require_isolation(allow_weak_sandbox)
     programs = [build_program(p, c) for p, c in zip(problems, completions)]
-    return [r.success for r in execute_many(programs, max_workers=4, timeout=timeout)]
+    results = execute_many(programs, max_workers=4, timeout=timeout, allow_weak=allow_weak_sandbox)
+    return [r.success for r in results]
 
 
 def _load_arc(subset):
@@ -109,13 +118,15 @@ def _load_spellingbee(split, data_dir):
 @dataclass(frozen=True)
 class TaskSpec:
     """One ChatCORE task: its kind, chance baseline, loader ``(split, data_dir) -> problems`` and,
-    for generative tasks, a scorer ``(problems, completions) -> list[bool]``."""
+    for generative tasks, a scorer ``(problems, completions) -> list[bool]``; ``runs_code``: the scorer
+    executes model-written code and takes ``allow_weak_sandbox``."""
 
     name: str
     kind: str
     baseline: float
     load: Callable[[str, str | None], list[dict]]
     score: Callable[[list[dict], list[str]], list[bool]] | None = None
+    runs_code: bool = False
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -123,10 +134,24 @@ TASKS: dict[str, TaskSpec] = {
     "ARC-Challenge": TaskSpec("ARC-Challenge", CATEGORICAL, 0.25, _load_arc("ARC-Challenge")),
     "MMLU": TaskSpec("MMLU", CATEGORICAL, 0.25, _load_mmlu),
     "GSM8K": TaskSpec("GSM8K", GENERATIVE, 0.0, _load_gsm8k, score_numeric),
-    "HumanEval": TaskSpec("HumanEval", GENERATIVE, 0.0, _load_humaneval, score_humaneval),
+    "HumanEval": TaskSpec("HumanEval", GENERATIVE, 0.0, _load_humaneval, score_humaneval, runs_code=True),
     "SpellingBee": TaskSpec("SpellingBee", GENERATIVE, 0.0, _load_spellingbee, score_numeric),
 }
 DEFAULT_TASKS = tuple(TASKS)
+
+
+def require_sandbox(tasks, allow_weak_sandbox: bool = False) -> tuple:
+    """Probe and log the code sandbox (once per process) if ``tasks`` include one that runs code.
+
+    Returns:
+        the sandbox layers obtained, or ``()`` when no task runs code.
+
+    Raises:
+        sandbox.WeakSandboxError: a weak sandbox and ``allow_weak_sandbox`` is False.
+    """
+    if not any(get_task(name).runs_code for name in tasks):
+        return ()
+    return require_isolation(allow_weak_sandbox)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -332,8 +357,11 @@ def evaluate_task(
     top_k: int | None = None,
     seed: int = 0,
     progress=None,
+    allow_weak_sandbox: bool = False,
 ) -> list[bool]:
-    """Whether each problem is solved (pass@``num_samples`` for generative tasks), in input order."""
+    """Whether each problem is solved (pass@``num_samples`` for generative tasks), in input order.
+
+    ``allow_weak_sandbox`` goes to scorers that run code (``TaskSpec.runs_code``)."""
     spec = get_task(task)
     if spec.kind == CATEGORICAL:
         preds = predict_categorical(model, tokenizer, problems, batch_size, progress)
@@ -351,7 +379,8 @@ def evaluate_task(
         progress,
     )
     flat_problems = [p for p, r in zip(problems, replies) for _ in r]
-    flat = spec.score(flat_problems, [x for r in replies for x in r])
+    extra = {"allow_weak_sandbox": allow_weak_sandbox} if spec.runs_code else {}
+    flat = spec.score(flat_problems, [x for r in replies for x in r], **extra)
     passed, k = [], 0
     for r in replies:
         passed.append(any(flat[k : k + len(r)]))
@@ -376,6 +405,7 @@ def run_chatcore(
     seed: int = 42,
     accelerator=None,
     progress: bool = False,
+    allow_weak_sandbox: bool = False,
 ) -> dict:
     """Evaluate ``tasks`` and compute ChatCORE, sharing the work among all processes.
 
@@ -393,10 +423,14 @@ def run_chatcore(
         seed: problem-subset shuffle and sampling seed.
         accelerator: optional ``accelerate.Accelerator`` (used for ZeRO-3 unwrapping).
         progress: show a tqdm bar per task on the main process.
+        allow_weak_sandbox: run HumanEval code even in a sandbox without namespaces or Landlock.
 
     Returns:
         ``{"tasks": {name: {"accuracy", "correct", "total", "kind", "baseline"}}, "chatcore_metric",
         "chatcore_cat"}`` (the last two when defined), identical on every process.
+
+    Raises:
+        sandbox.WeakSandboxError: a task runs code, the sandbox is weak and ``allow_weak_sandbox`` is off.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -404,6 +438,7 @@ def run_chatcore(
     # an already-initialized state (a Trainer's) is shared; otherwise a CPU model under a launcher
     # must ask for cpu=True or accelerate reports a single process (accelerate/state.py)
     state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
+    require_sandbox(tasks, allow_weak_sandbox)  # refuse a weak sandbox before generating anything
     results = {}
     was_training = model.training
     model.eval()
@@ -437,6 +472,7 @@ def run_chatcore(
                     top_k=top_k,
                     seed=seed,
                     progress=bar.update if bar is not None else None,
+                    allow_weak_sandbox=allow_weak_sandbox,
                 )
                 if bar is not None:
                     bar.close()

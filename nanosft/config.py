@@ -102,6 +102,11 @@ class NanoSFTConfig(SFTConfig):
     chatcore_max_categorical: int | None = field(default=None, metadata={"help": "Cap on categorical problems."})
     chatcore_max_generative: int | None = field(default=24, metadata={"help": "Cap on generative problems."})
     chatcore_max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per answer (nanochat: 512)."})
+    allow_weak_sandbox: bool = field(
+        default=False,
+        metadata={"help": "Run HumanEval code even where the sandbox gets neither namespaces nor Landlock "
+                  "(then only seccomp, rlimits and Python guards hold); off: such runs are refused."},
+    )
     # --- adapters ---
     peft: dict | None = field(default=None, metadata={"help": "LoRA: {r, lora_alpha, target_modules, lora_dropout}."})
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 
@@ -48,21 +49,31 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--output", default=None, help="JSON path (default: <model>/chatcore.json)")
+    p.add_argument("--allow-weak-sandbox", action="store_true",
+                   help="run HumanEval code even where the sandbox gets neither namespaces nor Landlock")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the results dict (also written as JSON)."""
-    import torch
-    from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .chatcore import run_chatcore
+    from .chatcore import require_sandbox, run_chatcore
     from .checkpoint import write_json_atomic
+    from .sandbox import WeakSandboxError
 
     args = parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:  # before loading anything: refuse a weak code sandbox in seconds
+        layers = require_sandbox(tasks, args.allow_weak_sandbox)
+    except WeakSandboxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    import torch  # heavy imports after the sandbox check
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     state = PartialState()
+    if layers and state.is_main_process:
+        print(f"code sandbox layers: {','.join(layers)}")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(state.device)
     t0 = time.time()
@@ -81,6 +92,7 @@ def main(argv=None) -> dict:
         top_k=args.top_k,
         seed=args.seed,
         progress=True,
+        allow_weak_sandbox=args.allow_weak_sandbox,
     )
     results["model"] = os.path.abspath(args.model)
     results["settings"] = {k: v for k, v in vars(args).items() if k not in ("model", "output")}

@@ -170,7 +170,8 @@ def attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows) -> None:
     if cfg.chatcore_every and cfg.chatcore_every > 0:
         ChatCoreCallback(tokenizer, tasks=cfg.chatcore_tasks or DEFAULT_TASKS, every=cfg.chatcore_every,
                          max_categorical=cfg.chatcore_max_categorical, max_generative=cfg.chatcore_max_generative,
-                         max_new_tokens=cfg.chatcore_max_new_tokens, data_dir=cfg.data_dir).attach(trainer)
+                         max_new_tokens=cfg.chatcore_max_new_tokens, data_dir=cfg.data_dir,
+                         allow_weak_sandbox=cfg.allow_weak_sandbox).attach(trainer)
     if eval_rows is not None and cfg.eval_strategy == "steps" and cfg.eval_steps:
         def batches():
             return DataLoader(eval_rows, batch_size=cfg.per_device_eval_batch_size, collate_fn=trainer.data_collator)
