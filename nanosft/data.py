@@ -19,7 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 from functools import partial
 
-from .tasks import DataSourceError, gpteacher, gsm8k, identity, load_hub, read_jsonl, require_file, spellingbee
+from .errors import ConfigError, DataSourceError, DataValidationError
+from .tasks import InvalidLine, Rows, gpteacher, gsm8k, identity, load_hub, position, read_jsonl, require_file, spellingbee
 from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 
 logger = logging.getLogger(__name__)
@@ -29,14 +30,18 @@ def _hub_messages(split="train", data_dir=None, hub_id=None, column="messages", 
     if hub_id is None:
         raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id with a messages column)")
     ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
-    return [row[column] for row in ds]
+    if column not in ds.column_names:
+        raise DataSourceError(f"Hub dataset {hub_id!r} has no column {column!r} (columns: {ds.column_names}); "
+                              "set `column:` of this dataset in the config")
+    return Rows(ds[column], source=hub_id, hub=True)
 
 
 def _jsonl_messages(split="train", data_dir=None, path=None):
     if path is None:
         raise DataSourceError("dataset `jsonl` needs `path:` (a JSON-lines file, one conversation per line)")
-    rows = read_jsonl(require_file(path, "Check the `path:` of this dataset in the config."))
-    return [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in rows]
+    rows = read_jsonl(require_file(path, "check the `path:` of this dataset in the config"), keep_invalid=True)
+    return Rows([r["messages"] if isinstance(r, dict) and "messages" in r else r for r in rows],
+                source=rows.source, lines=rows.lines)
 
 
 def _mmlu_messages(split="auxiliary_train", data_dir=None):
@@ -103,20 +108,20 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "datasets") -> DatasetSpec:
-        """Build from a YAML mapping; unknown keys, unknown names and bad types raise ``ValueError``."""
+        """Build from a YAML mapping; unknown keys, unknown names and bad types raise ``ConfigError``."""
         if isinstance(d, str):
             d = {"name": d}
         if not isinstance(d, dict) or "name" not in d:
-            raise ValueError(f"{where}: each dataset needs a `name:` (one of {sorted(LOADERS)}), got {d!r}")
+            raise ConfigError(f"{where}: each dataset needs a `name:` (one of {sorted(LOADERS)}), got {d!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
+            raise ConfigError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
         if d["name"] not in LOADERS:
-            raise ValueError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
+            raise ConfigError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
         for key in ("epochs", "max_rows", "size"):
             if d.get(key) is not None and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
-                raise ValueError(f"{where}: `{key}` of dataset {d['name']!r} must be a positive integer, got {d[key]!r}")
+                raise ConfigError(f"{where}: `{key}` of dataset {d['name']!r} must be a positive integer, got {d[key]!r}")
         return cls(**d)
 
     @property
@@ -141,8 +146,28 @@ class DatasetSpec:
         return sorted(random.Random(f"{seed}:{self.label}").sample(range(num_rows), self.max_rows))
 
 
-class DataValidationError(ValueError):
-    """A row of a dataset is not a valid conversation; the message names dataset, row and reason."""
+MAX_SKIPS_SHOWN = 5  # skipped rows listed (position and reason) in the skip_invalid warning
+
+
+def check_training_conversation(row) -> list[dict]:
+    """Validate one raw row as a training conversation and normalize it (``normalize_conversation``).
+
+    Besides the format rules of ``normalize_conversation``, an assistant message must say something: an
+    empty string or an empty list of parts would train the model to answer nothing.
+
+    Raises:
+        ConversationError: the row is not JSON (an ``InvalidLine``), not a conversation (e.g. a bare
+            string), breaks the chat format, or has an assistant message with empty content.
+    """
+    if isinstance(row, InvalidLine):
+        raise ConversationError(row.reason)
+    conv = normalize_conversation(row)
+    messages = row["messages"] if isinstance(row, dict) else row  # valid: normalize_conversation accepted it
+    for i, m in enumerate(messages):  # numbered like normalize_conversation's messages (0-based, as sent)
+        content = m["content"]
+        if m["role"] == "assistant" and not (content if isinstance(content, str) else any(p["text"] for p in content)):
+            raise ConversationError(f"message {i} (assistant): empty content (it would train the model to answer nothing)")
+    return conv
 
 
 def load_mixture(
@@ -158,27 +183,33 @@ def load_mixture(
 
     Raises:
         DataSourceError: a file is missing or a Hub dataset cannot be loaded.
-        DataValidationError: a row is invalid and ``skip_invalid`` is False, e.g.
-            ``"dataset jsonl/my.jsonl[train], row 17: message 2: roles must alternate ..."``.
+        DataValidationError: a row is invalid (``check_training_conversation``) and ``skip_invalid`` is False;
+            the message names the dataset, the position (a file's 1-based line, a Hub row index) and the
+            reason. With ``skip_invalid``, invalid rows are counted and the first ``MAX_SKIPS_SHOWN``
+            logged with their positions and reasons.
     """
     items: list[tuple[list[dict], str]] = []
     for spec in specs:
         raw = spec.load(data_dir)
         kept = spec.row_indices(len(raw), seed)
-        valid, skipped = [], 0
-        for row in kept:  # row: the index in the source, as error messages report it
+        valid, skipped = [], []
+        for row in kept:  # row: the index in the source; position() names its file line or Hub row index
             try:
-                valid.append(normalize_conversation(raw[row]))
+                valid.append(check_training_conversation(raw[row]))
             except ConversationError as e:
                 if not skip_invalid:
                     raise DataValidationError(
-                        f"dataset {spec.label}, row {row}: {e}. Fix the row, or set `skip_invalid: true` to skip such rows."
+                        f"invalid row ({e}), dataset {spec.label}, {position(raw, row)}; "
+                        "fix the row, or set `skip_invalid: true` to skip invalid rows"
                     ) from None
-                skipped += 1
+                skipped.append(f"{position(raw, row)}: {e}")
         if skipped:
-            logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid)", spec.label, skipped, len(kept))
+            more = f"; ... ({len(skipped) - MAX_SKIPS_SHOWN} more)" if len(skipped) > MAX_SKIPS_SHOWN else ""
+            logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid): %s%s", spec.label, len(skipped),
+                           len(kept), "; ".join(skipped[:MAX_SKIPS_SHOWN]), more)
         if not valid:
-            raise DataValidationError(f"dataset {spec.label}: no valid conversations")
+            raise DataValidationError(f"no valid conversations in dataset {spec.label} ({len(kept)} rows, "
+                                      f"{len(skipped)} invalid); check its `path:`/`name:` and the rows' format")
         items += [(c, spec.label) for c in valid] * spec.epochs
         logger.info("dataset %s: %d conversations x %d epochs", spec.label, len(valid), spec.epochs)
     random.Random(seed).shuffle(items)
