@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+
+from .errors import ConfigError, run_cli, use_cli_options
+from .pretrained import check_model_source
+
+# How this CLI's messages name the settings (nanosft/errors.py ``option``): its flags, not config keys.
+CLI_OPTIONS = {"data_dir": "--data-dir"}
 
 
 def format_table(results: dict) -> str:
@@ -60,8 +67,15 @@ def main(argv=None) -> dict:
     from .chatcore import run_chatcore
     from .checkpoint import write_json_atomic
 
+    from .chatcore import TASKS
+
+    use_cli_options(CLI_OPTIONS)
     args = parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    check_model_source(args.model, "--model")
     state = PartialState()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(state.device)
@@ -92,4 +106,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

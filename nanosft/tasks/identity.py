@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import option
 from . import DataSourceError, read_jsonl, require_file
 
 URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
@@ -25,6 +26,6 @@ def load_conversations(split: str = "train", data_dir: str | None = None, path: 
             with urllib.request.urlopen(URL, timeout=60) as f:
                 return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
         except OSError as e:
-            raise DataSourceError(f"could not download {URL}: {e}. Offline, set `data_dir:` in the config.") from e
-    require_file(path, f"Download it from {URL}.")
+            raise DataSourceError(f"could not download {URL}: {e}; offline, set {option('data_dir')}") from e
+    require_file(path, f"download it from {URL}")
     return read_jsonl(path)
