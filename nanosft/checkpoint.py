@@ -283,6 +283,16 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
+def follow_umask(folder: str, suffix: str) -> None:
+    """Give the files of ``folder`` ending in ``suffix`` the mode ``umask_mode()`` (e.g. ``*.safetensors``,
+    which safetensors 0.8 writes with mode 0600 whatever the umask)."""
+    mode = umask_mode()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.endswith(suffix) and os.path.isfile(path):
+            os.chmod(path, mode)
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write ``obj`` as indented JSON (``default=str``) via a temp file in the same folder and
     ``os.replace``, so a reader never sees half a file; the temp file is removed on any error.
