@@ -1,9 +1,9 @@
 """Bad input and traps end in one line ``error: ...``, exit status 2, and nothing written to ``output_dir``.
 
 Most cases call the CLI entry point in-process (``run_cli(train.main, argv)``: what ``python -m nanosft.train``
-runs after the imports), so the file stays fast; a few run real processes: ``python -m nanosft.train``,
-``python -m nanosft.chat``, and ``python -m nanosft.launch`` (``accelerate launch``) with one and two
-processes.
+runs after its imports; the session's tokenizer stands in for loading one), so the file stays fast. Real
+processes: ``python -m nanosft.train``, ``python -m nanosft.chat``, and ``python -m nanosft.launch``
+(``accelerate launch``) with two CPU processes.
 """
 
 import json
@@ -69,6 +69,12 @@ def check_one_line(code, err, out_dir, *needles, before=None):
     else:
         assert sorted(os.listdir(out_dir)) == before
     return errors[0]
+
+
+@pytest.fixture(autouse=True)
+def session_tokenizer(monkeypatch, nanochat_tokenizer):
+    """In-process runs reuse the session's tokenizer (building it is most of a run's cost before the error)."""
+    monkeypatch.setattr(train, "load_tokenizer", lambda cfg: nanochat_tokenizer)
 
 
 def run_train(capfd, config, *sets):
@@ -236,6 +242,7 @@ def run(cmd, cwd=REPO, env=ENV):
     return proc.returncode, proc.stderr
 
 
+@pytest.mark.slow
 def test_python_m_train_unreachable_hub_dataset(make_config):
     config, out = make_config(datasets=[{"name": "hub", "hub_id": "nanosft-test/no-such-dataset"}])
     check_one_line(*run([sys.executable, "-m", "nanosft.train", "--config", config]), out,
@@ -247,13 +254,36 @@ def test_python_m_chat_missing_model_folder(tmp_path):
                         cwd=str(tmp_path)), tmp_path / "out", f"--model: local folder {tmp_path}/runs/nope does not exist")
 
 
-def test_accelerate_launch_one_process(make_config):
-    config, out = make_config(rows=[GOOD, {"messages": NO_ASSISTANT}])
-    cmd = [sys.executable, "-m", "nanosft.launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nanosft.train", "--config", config]
-    check_one_line(*run(cmd), out, "data.jsonl, line 2", "no assistant message")
+def test_launcher_relays_the_user_error_status(monkeypatch):
+    """One process: accelerate raises CalledProcessError; several: torch raises ChildFailedError. Status 2 of
+    the (first failed) worker becomes a quiet exit 2, any other failure stays accelerate's exception."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from nanosft import launch
+
+    def failing(exc):
+        def launch_command(args):
+            raise exc
+        return launch_command
+
+    argv = ["--num_processes", "1", "-m", "nanosft.train", "--config", "x.yaml"]
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", failing(subprocess.CalledProcessError(2, "x")))
+    assert launch.main(argv) == EXIT_USER_ERROR
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", failing(subprocess.CalledProcessError(1, "x")))
+    with pytest.raises(subprocess.CalledProcessError):
+        launch.main(argv)
+    for code, relayed in ((2, True), (1, False)):
+        failure = ProcessFailure(local_rank=0, pid=1, exitcode=code, error_file="")
+        monkeypatch.setattr("accelerate.commands.launch.launch_command",
+                            failing(ChildFailedError("nanosft.train", {0: failure})))
+        if relayed:
+            assert launch.main(argv) == EXIT_USER_ERROR
+        else:
+            with pytest.raises(ChildFailedError):
+                launch.main(argv)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_launch_is_made_distributed(make_config):
     """``--multi_gpu`` on a machine with no accelerator: both ranks join one gloo group (use_cpu), then the
     invalid row ends the run with one line (rank 0 prints it) and exit 2."""
