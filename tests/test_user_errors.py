@@ -298,3 +298,29 @@ def test_two_process_cpu_launch_is_made_distributed(make_config):
     code, err = run(cmd)
     check_one_line(code, err, out, "data.jsonl, line 2", "invalid JSON")
     assert "warning: 2 processes launched without --cpu" in err
+
+
+# --- a run that gets through: overwrite_output_dir, the summary line, file modes ---
+
+@pytest.mark.slow
+def test_overwrite_then_summary_line_and_umask_modes(make_config, capfd):
+    """One tiny in-process run: ``overwrite_output_dir`` deletes the earlier run's checkpoints, the last
+    stdout line sums the run up, and every written file has mode 0666 & ~umask (0640 under umask 027)."""
+    config, out = make_config(save_steps=1, overwrite_output_dir=True)
+    (out / "checkpoint-7").mkdir(parents=True)
+    (out / "tmp-checkpoint-8").mkdir()
+    old = os.umask(0o027)
+    try:
+        assert run_cli(train.main, ["--config", config]) == 0
+    finally:
+        os.umask(old)
+    printed = capfd.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("done at step 1: final loss ")
+    assert printed[-1].endswith(f"model {out}, report {out}/report.md")
+    assert not (out / "checkpoint-7").exists() and not (out / "tmp-checkpoint-8").exists()
+    assert (out / "checkpoint-1").is_dir() and (out / "report.md").is_file()
+    for folder in (out, out / "checkpoint-1"):
+        for name in ("model.safetensors", "config.json", "run_config.json", "nanosft_state.json"):
+            if (folder / name).exists():
+                assert oct((folder / name).stat().st_mode & 0o777) == oct(0o640), (folder / name)
+    assert (out / "model.safetensors").exists() and (out / "checkpoint-1" / "nanosft_state.json").exists()
