@@ -324,3 +324,22 @@ def test_overwrite_then_summary_line_and_umask_modes(make_config, capfd):
             if (folder / name).exists():
                 assert oct((folder / name).stat().st_mode & 0o777) == oct(0o640), (folder / name)
     assert (out / "model.safetensors").exists() and (out / "checkpoint-1" / "nanosft_state.json").exists()
+
+
+def test_a_non_distributed_multi_process_launch_is_refused_with_the_fixing_flag(monkeypatch):
+    """Where an accelerator exists the launch is not fixed automatically: a Trainer that runs alone in a
+    2-process launch is refused, naming ``--cpu`` / ``use_cpu``."""
+    from types import SimpleNamespace
+
+    from nanosft.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"2 processes were launched but the Trainer runs 1 .*`--cpu`.*use_cpu"):
+        train.check_distributed(SimpleNamespace(world_size=1, device="cuda:0"))
+    train.check_distributed(SimpleNamespace(world_size=2, device="cpu"))  # distributed: accepted
+    monkeypatch.setattr("torch.accelerator.is_available", lambda: True)
+    assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})  # an accelerator exists: no silent change
+    monkeypatch.setattr("torch.accelerator.is_available", lambda: False)
+    assert train.cpu_launch_fix({"max_steps": 1})["use_cpu"] is True
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})
