@@ -190,13 +190,19 @@ def cpu_launch_fix(raw: dict) -> dict:
     ``accelerate launch --multi_gpu --num_processes 2`` without ``--cpu`` on a CPU-only machine starts two
     processes whose Trainer is not distributed (transformers only builds a CPU process group with
     ``use_cpu``): each rank would train alone on its own batches. With no accelerator there is nothing
-    else to run on, so the fix is safe and made here (with a warning).
+    else to run on, so the fix is safe and made here (with a warning). Not under DeepSpeed or FSDP:
+    ``use_cpu`` would turn them off (DeepSpeed on CPU needs ``ddp_backend: gloo`` instead).
     """
     import torch
 
+    def env_true(name):
+        return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cpu = raw.get("use_cpu") or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if world > 1 and not use_cpu and not torch.accelerator.is_available():
+    sharded = raw.get("deepspeed") or raw.get("fsdp") or env_true("ACCELERATE_USE_DEEPSPEED") or \
+        env_true("ACCELERATE_USE_FSDP")
+    use_cpu = raw.get("use_cpu") or env_true("ACCELERATE_USE_CPU")
+    if world > 1 and not use_cpu and not sharded and not torch.accelerator.is_available():
         if os.environ.get("RANK", "0") == "0":
             print(f"warning: {world} processes launched without --cpu on a machine with no accelerator; "
                   "training on CPU with a gloo process group (use_cpu: true)", file=sys.stderr, flush=True)

@@ -343,3 +343,6 @@ def test_a_non_distributed_multi_process_launch_is_refused_with_the_fixing_flag(
     assert train.cpu_launch_fix({"max_steps": 1})["use_cpu"] is True
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # use_cpu would turn DeepSpeed off
+    assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})
