@@ -20,7 +20,8 @@ from dataclasses import dataclass, fields
 from functools import partial
 
 from .errors import ConfigError, DataSourceError, DataValidationError
-from .tasks import InvalidLine, Rows, gpteacher, gsm8k, identity, load_hub, position, read_jsonl, require_file, spellingbee
+from .tasks import (InvalidLine, Rows, gpteacher, gsm8k, identity, load_hub, position, read_jsonl, require_file,
+                    spellingbee)
 from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ class DatasetSpec:
             raise ConfigError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
         for key in ("epochs", "max_rows", "size"):
             if d.get(key) is not None and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
-                raise ConfigError(f"{where}: `{key}` of dataset {d['name']!r} must be a positive integer, got {d[key]!r}")
+                raise ConfigError(f"{where}: `{key}` of dataset {d['name']!r} must be a positive integer, "
+                                  f"got {d[key]!r}")
         return cls(**d)
 
     @property
@@ -166,7 +168,8 @@ def check_training_conversation(row) -> list[dict]:
     for i, m in enumerate(messages):  # numbered like normalize_conversation's messages (0-based, as sent)
         content = m["content"]
         if m["role"] == "assistant" and not (content if isinstance(content, str) else any(p["text"] for p in content)):
-            raise ConversationError(f"message {i} (assistant): empty content (it would train the model to answer nothing)")
+            raise ConversationError(f"message {i} (assistant): empty content (it would train the model to answer "
+                                    "nothing)")
     return conv
 
 

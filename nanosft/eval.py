@@ -64,10 +64,8 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .chatcore import run_chatcore
+    from .chatcore import TASKS, run_chatcore
     from .checkpoint import write_json_atomic
-
-    from .chatcore import TASKS
 
     use_cli_options(CLI_OPTIONS)
     args = parse_args(argv)

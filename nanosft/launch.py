@@ -1,4 +1,4 @@
-"""``accelerate launch`` that ends a user error with its one line: ``python -m nanosft.launch [flags] -m nanosft.train ...``.
+"""``accelerate launch`` that ends a user error with its one line: ``python -m nanosft.launch [flags] -m ...``.
 
 The workers of ``accelerate launch -m nanosft.train`` print a user error as one line and exit 2
 (``nanosft/errors.py``), but the launcher then fails on its own: with one process, accelerate's

@@ -102,9 +102,9 @@ def check_supervision(rendered, tokenizer, first: int = 256) -> None:
         raise DataValidationError(f"no supervised token in the first {n} conversations: check the datasets' "
                                   "assistant turns")
     if end == 0:
-        raise DataValidationError(f"no supervised <|assistant_end|> in the first {n} conversations: the model would never "
-                         "learn to stop; check the chat format (assistant masks), or raise `max_length` if "
-                         "truncation cut the conversations' ends")
+        raise DataValidationError(f"no supervised <|assistant_end|> in the first {n} conversations: the model "
+                                  "would never learn to stop; check the chat format (assistant masks), or raise "
+                                  "`max_length` if truncation cut the conversations' ends")
 
 
 def load_model(cfg, tokenizer):

@@ -250,8 +250,8 @@ def test_python_m_train_unreachable_hub_dataset(make_config):
 
 
 def test_python_m_chat_missing_model_folder(tmp_path):
-    check_one_line(*run([sys.executable, "-m", "nanosft.chat", "--model", "runs/nope", "--prompt", "hi"],
-                        cwd=str(tmp_path)), tmp_path / "out", f"--model: local folder {tmp_path}/runs/nope does not exist")
+    code, err = run([sys.executable, "-m", "nanosft.chat", "--model", "runs/nope", "--prompt", "hi"], cwd=str(tmp_path))
+    check_one_line(code, err, tmp_path / "out", f"--model: local folder {tmp_path}/runs/nope does not exist")
 
 
 def test_launcher_relays_the_user_error_status(monkeypatch):
