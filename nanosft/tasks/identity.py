@@ -15,7 +15,10 @@ URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations
 
 
 def load_conversations(split: str = "train", data_dir: str | None = None, path: str | None = None) -> list:
-    """All identity conversations (there is only one split). ``path`` overrides the file location."""
+    """All identity conversations (there is only one split). ``path`` overrides the file location.
+
+    A local file comes back as ``Rows`` (1-based line numbers for errors); a line that is not JSON is an
+    ``InvalidLine``, which the mixture rejects, or skips with ``skip_invalid``."""
     if path is None and data_dir is not None:
         path = os.path.join(data_dir, "identity", "identity_conversations.jsonl")
     if path is None:
@@ -28,4 +31,4 @@ def load_conversations(split: str = "train", data_dir: str | None = None, path: 
         except OSError as e:
             raise DataSourceError(f"could not download {URL}: {e}; offline, set {option('data_dir')}") from e
     require_file(path, f"download it from {URL}")
-    return read_jsonl(path)
+    return read_jsonl(path, keep_invalid=True)  # invalid lines: rejected (or skipped) by load_mixture
