@@ -202,7 +202,7 @@ def load_mixture(
             except ConversationError as e:
                 if not skip_invalid:
                     raise DataValidationError(
-                        f"invalid row ({e}), dataset {spec.label}, {position(raw, row)}; "
+                        f"invalid row: {e}; dataset {spec.label}, {position(raw, row)}; "
                         "fix the row, or set `skip_invalid: true` to skip invalid rows"
                     ) from None
                 skipped.append(f"{position(raw, row)}: {e}")
