@@ -173,6 +173,13 @@ def check_training_conversation(row) -> list[dict]:
     return conv
 
 
+def _position(spec: DatasetSpec, raw, row: int) -> str:
+    """``position`` of a row, without repeating a file path that the dataset's label already names."""
+    if isinstance(raw, Rows) and raw.lines is not None and raw.source and raw.source in spec.label:
+        return f"line {raw.lines[row]}"
+    return position(raw, row)
+
+
 def load_mixture(
     specs: list[DatasetSpec], data_dir: str | None, seed: int = 42, skip_invalid: bool = False
 ) -> tuple[list[list[dict]], list[str]]:
@@ -202,10 +209,10 @@ def load_mixture(
             except ConversationError as e:
                 if not skip_invalid:
                     raise DataValidationError(
-                        f"invalid row: {e}; dataset {spec.label}, {position(raw, row)}; "
+                        f"invalid row: {e}; dataset {spec.label}, {_position(spec, raw, row)}; "
                         "fix the row, or set `skip_invalid: true` to skip invalid rows"
                     ) from None
-                skipped.append(f"{position(raw, row)}: {e}")
+                skipped.append(f"{_position(spec, raw, row)}: {e}")
         if skipped:
             more = f"; ... ({len(skipped) - MAX_SKIPS_SHOWN} more)" if len(skipped) > MAX_SKIPS_SHOWN else ""
             logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid): %s%s", spec.label, len(skipped),

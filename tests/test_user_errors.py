@@ -134,13 +134,13 @@ ROW_CASES = {  # bad line (the 3rd line of the file, after two good rows) -> rea
 def test_invalid_rows_name_the_1_based_line(make_config, capfd, case):
     bad, reason = ROW_CASES[case]
     config, out = make_config(rows=[GOOD, GOOD, bad, GOOD])
-    line = check_one_line(*run_train(capfd, config), out, reason, "data.jsonl, line 3", "skip_invalid")
+    line = check_one_line(*run_train(capfd, config), out, reason, "data.jsonl[train], line 3", "skip_invalid")
     assert "row 2" not in line
 
 
 def test_blank_lines_do_not_shift_line_numbers(make_config, capfd):
     config, out = make_config(rows=[GOOD, "", "   ", NO_ASSISTANT])
-    check_one_line(*run_train(capfd, config), out, "data.jsonl, line 4", "no assistant message")
+    check_one_line(*run_train(capfd, config), out, "data.jsonl[train], line 4", "no assistant message")
 
 
 def test_nothing_left_after_skipping(make_config, capfd):
@@ -181,9 +181,9 @@ def test_skip_invalid_counts_invalid_json_and_lists_positions(tmp_path, caplog):
     assert len(convs) == 2  # line 1 (after the BOM) and line 6
     msg = caplog.text
     assert "skipped 3 invalid rows of 5" in msg
-    assert "m.jsonl, line 2: invalid JSON" in msg
-    assert "m.jsonl, line 4: message 1 (assistant): empty content" in msg
-    assert "m.jsonl, line 5: not UTF-8 text" in msg
+    assert "m.jsonl[train]: skipped 3 invalid rows of 5 (skip_invalid): line 2: invalid JSON" in msg
+    assert "; line 4: message 1 (assistant): empty content" in msg
+    assert "; line 5: not UTF-8 text" in msg
 
 
 def test_skip_summary_lists_only_the_first_few(tmp_path, caplog):
@@ -296,7 +296,7 @@ def test_two_process_cpu_launch_is_made_distributed(make_config):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
            "-m", "nanosft.train", "--config", config]
     code, err = run(cmd)
-    check_one_line(code, err, out, "data.jsonl, line 2", "invalid JSON")
+    check_one_line(code, err, out, "data.jsonl[train], line 2", "invalid JSON")
     assert "warning: 2 processes launched without --cpu" in err
 
 
