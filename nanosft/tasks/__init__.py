@@ -3,6 +3,9 @@
 Every loader reads from a local ``data_dir`` when one is given (the formats of ``../shared/data``,
 see its README) and from the Hugging Face Hub otherwise, so the same YAML works offline and online.
 A missing local file raises ``DataSourceError`` naming the path and how to obtain the data.
+
+Positions in messages: a file's rows are named by their 1-based line number, a Hub dataset's by its
+0-based row index, said so (``Rows``, ``position``).
 """
 
 from __future__ import annotations
