@@ -10,6 +10,7 @@ Components (one concept per module):
 - ``chatcore.py``   ChatCORE tasks and scoring; ``sandbox.py`` code execution
 - ``trainer.py``    ``NanoSFTTrainer`` (a ``trl.SFTTrainer``); ``config.py`` ``NanoSFTConfig``
 - ``train.py``      the recipe: ``accelerate launch -m nanosft.train --config configs/tiny.yaml``
+- ``errors.py``     user errors: one line ``error: ...``, exit 2; ``launch.py`` ``accelerate launch`` that keeps it so
 """
 
 __version__ = "0.1.0"

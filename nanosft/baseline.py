@@ -22,6 +22,9 @@ import os
 import sys
 import time
 
+from .errors import run_cli
+from .pretrained import check_model_source
+
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the results dict (also written to ``<output_dir>/chatcore_base.json``)."""
@@ -40,6 +43,8 @@ def main(argv=None) -> dict:
     from .train import load_model, load_tokenizer
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.model_config is None:
+        check_model_source(cfg.model_name_or_path, "model_name_or_path")  # before the tokenizer and model load
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, tokenizer)
     t0 = time.time()
@@ -57,5 +62,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_cli(main))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import run_cli
+from .pretrained import check_model_source
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m nanosft.chat", description="Chat with a nanosft checkpoint.")
@@ -41,6 +44,7 @@ def reply(model, tokenizer, messages, args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_model_source(args.model, "--model")  # a missing folder, named as such, before loading anything
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,4 +74,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

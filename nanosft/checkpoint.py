@@ -29,6 +29,8 @@ import re
 import shutil
 import tempfile
 
+from .errors import ConfigError, MissingPathError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
@@ -95,8 +97,8 @@ def resolve_resume(value, output_dir: str) -> str | None:
         A checkpoint folder, or None.
 
     Raises:
-        FileNotFoundError: True/"latest" with no complete checkpoint, or a folder that is missing or
-            incomplete (the message says which).
+        MissingPathError: (a ``FileNotFoundError``) True/"latest" with no complete checkpoint, or a folder
+            that is missing or incomplete (the message says which).
     """
     if value in (None, False, ""):
         return None
@@ -107,13 +109,52 @@ def resolve_resume(value, output_dir: str) -> str | None:
     if value is True or (isinstance(value, str) and value.lower() in ("true", "latest")):
         found = latest_checkpoint(output_dir)
         if found is None:
-            raise FileNotFoundError(f"resume_from_checkpoint={value!r}: no complete checkpoint-<step> folder in "
-                                    f"{output_dir}; use 'auto' to start fresh when there is none")
+            raise MissingPathError(f"resume_from_checkpoint={value!r}: no complete checkpoint-<step> folder in "
+                                   f"{output_dir}; use 'auto' to start fresh when there is none")
         return found
     if not is_complete(str(value)):
-        raise FileNotFoundError(f"resume_from_checkpoint={value!r}: not a complete checkpoint folder "
-                                "(no trainer_state.json); use 'auto' for the latest complete one")
+        raise MissingPathError(f"resume_from_checkpoint={value!r}: not a complete checkpoint folder "
+                               "(no trainer_state.json); use 'auto' for the latest complete one")
     return str(value)
+
+
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """Names of the ``checkpoint-<step>`` and ``tmp-checkpoint-*`` folders in ``output_dir`` (sorted)."""
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    return sorted(n for n in os.listdir(output_dir) if os.path.isdir(os.path.join(output_dir, n))
+                  and (_CHECKPOINT_RE.match(n) or n.startswith(TMP_PREFIX)))
+
+
+def check_output_dir(output_dir: str, resume_from_checkpoint, overwrite: bool) -> list[str]:
+    """Refuse to start a fresh run over the checkpoints of an earlier one, unless told to overwrite.
+
+    A re-run after a crash without ``resume_from_checkpoint`` would otherwise restart from step 1 and
+    mix its checkpoints with the old ones (rotation and ``auto`` resume then pick among both).
+
+    Returns:
+        The checkpoint folders to delete before training (``overwrite`` with no resume), else ``[]``.
+
+    Raises:
+        ConfigError: ``output_dir`` holds checkpoint folders, ``resume_from_checkpoint`` is unset and
+            ``overwrite`` is False; the message names both options.
+    """
+    if resume_from_checkpoint not in (None, False, ""):
+        return []
+    found = checkpoint_folders(output_dir)
+    if found and not overwrite:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(f"output_dir {output_dir} already holds checkpoints ({shown}); set "
+                          "`resume_from_checkpoint: auto` to continue from the latest, or `overwrite_output_dir: "
+                          "true` to start fresh (deletes them)")
+    return found
+
+
+def remove_checkpoints(output_dir: str, names: list[str]) -> None:
+    """Delete the named checkpoint folders of ``output_dir`` (``overwrite_output_dir``; main process only)."""
+    for name in names:
+        logger.warning("overwrite_output_dir: deleting %s", os.path.join(output_dir, name))
+        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
 def remove_stale_staging(run_dir: str) -> None:
@@ -235,12 +276,31 @@ def checkpoint_record(trainer, run_config: dict | None = None) -> dict:
     }
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process umask: what ``open()`` gives a new file (``mkstemp`` always gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def follow_umask(folder: str, suffix: str) -> None:
+    """Give the files of ``folder`` ending in ``suffix`` the mode ``umask_mode()`` (e.g. ``*.safetensors``,
+    which safetensors 0.8 writes with mode 0600 whatever the umask)."""
+    mode = umask_mode()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.endswith(suffix) and os.path.isfile(path):
+            os.chmod(path, mode)
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write ``obj`` as indented JSON (``default=str``) via a temp file in the same folder and
-    ``os.replace``, so a reader never sees half a file; the temp file is removed on any error."""
+    ``os.replace``, so a reader never sees half a file; the temp file is removed on any error.
+    The file gets the permissions of an ordinary new file (0666 less the umask), not ``mkstemp``'s 0600."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(path)))
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, default=str)
         os.replace(tmp, path)

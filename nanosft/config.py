@@ -28,9 +28,10 @@ from typing import Any
 import yaml
 from trl import SFTConfig
 
+from .errors import ConfigError, MissingPathError
 
-class ConfigError(ValueError):
-    """A config key is unknown or has the wrong type; the message names the key."""
+__all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse_overrides", "read_config_dict",
+           "validate_dict"]
 
 
 @dataclass
@@ -95,6 +96,12 @@ class NanoSFTConfig(SFTConfig):
     )
     load_optimizer: bool = field(
         default=True, metadata={"help": "Warm-start optimizer state (momentum) from the base checkpoint if present."}
+    )
+    # --- outputs ---
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh in an output_dir that holds checkpoints (they are deleted). Without it, "
+                  "such a folder is refused unless resume_from_checkpoint is set."},
     )
     # --- evaluation ---
     chatcore_every: int = field(default=-1, metadata={"help": "Run ChatCORE every N steps (-1: off)."})
@@ -251,11 +258,11 @@ def read_config_dict(path: str, overrides: list[str] | None = None) -> dict:
     """Read a YAML config, apply ``--set`` overrides and validate, without building anything.
 
     Raises:
-        FileNotFoundError: the config file does not exist.
+        MissingPathError: the config file does not exist (a ``FileNotFoundError``).
         ConfigError: malformed YAML, unknown key or wrong type.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingPathError(f"config file not found: {path}; check the --config path")
     with open(path, encoding="utf-8") as f:
         try:
             d = _yaml_load(f) or {}

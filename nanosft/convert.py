@@ -36,6 +36,8 @@ import tempfile
 
 import torch
 
+from .checkpoint import follow_umask
+
 logger = logging.getLogger(__name__)
 
 _MODEL_RE = re.compile(r"model_(\d+)\.pt$")
@@ -223,6 +225,7 @@ def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tok
     model.generation_config.pad_token_id = bos
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
+    follow_umask(out_dir, ".safetensors")  # safetensors writes 0600 whatever the umask
     tokenizer.save_pretrained(out_dir)
     shutil.copy(meta_path, os.path.join(out_dir, os.path.basename(meta_path)))  # base LRs for nanosft.schedule
     logger.info("converted %s step %d -> %s (%d tensors, %s)", ckpt_dir, step, out_dir, len(hf_state), torch_dtype)

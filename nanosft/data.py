@@ -23,8 +23,9 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 from functools import partial
 
-from .formats import FIELD_KEYS, FORMATS, Rows, converter, read_files
-from .tasks import DataSourceError, gpteacher, gsm8k, identity, load_hub, spellingbee
+from .errors import ConfigError, DataSourceError, DataValidationError
+from .formats import FIELD_KEYS, FORMATS, converter, read_files
+from .tasks import InvalidLine, Rows, gpteacher, gsm8k, identity, load_hub, position, spellingbee
 from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def _hub_rows(split="train", data_dir=None, hub_id=None, subset=None, columns=No
     ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
     keep = [c for c in columns or () if c in ds.column_names]
     rows = Rows()
-    rows.add((ds.select_columns(keep) if keep else ds).to_list(), hub_id, "row index")
+    rows.add((ds.select_columns(keep) if keep else ds).to_list(), f"Hub dataset {hub_id}", "row index")
     return rows
 
 
@@ -127,46 +128,46 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "datasets") -> DatasetSpec:
-        """Build from a YAML mapping; unknown keys, unknown names and bad types raise ``ValueError``."""
+        """Build from a YAML mapping; unknown keys, unknown names and bad types raise ``ConfigError``."""
         if isinstance(d, str):
             d = {"name": d}
         if not isinstance(d, dict) or "name" not in d:
-            raise ValueError(f"{where}: each dataset needs a `name:` (one of {sorted(LOADERS)}), got {d!r}")
+            raise ConfigError(f"{where}: each dataset needs a `name:` (one of {sorted(LOADERS)}), got {d!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
+            raise ConfigError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
         if d["name"] not in LOADERS:
-            raise ValueError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
+            raise ConfigError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
         name = d["name"]
         for key in ("max_rows", "size"):
             if d.get(key) is not None and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
-                raise ValueError(f"{where}: `{key}` of dataset {name!r} must be a positive integer, got {d[key]!r}")
+                raise ConfigError(f"{where}: `{key}` of dataset {name!r} must be a positive integer, got {d[key]!r}")
         epochs = d.get("epochs", 1)
         if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or not 0 < epochs < float("inf"):
-            raise ValueError(f"{where}: `epochs` of dataset {name!r} must be a positive number (2, 0.5, 1.5), "
+            raise ConfigError(f"{where}: `epochs` of dataset {name!r} must be a positive number (2, 0.5, 1.5), "
                              f"got {epochs!r}")
         for key in ("format", "system_prompt", *FIELD_KEYS):
             if d.get(key) is not None and not isinstance(d[key], str):
-                raise ValueError(f"{where}: `{key}` of dataset {name!r} must be a string, got {d[key]!r}")
+                raise ConfigError(f"{where}: `{key}` of dataset {name!r} must be a string, got {d[key]!r}")
         path = d.get("path")
         if path is not None and not (isinstance(path, str) or (
                 isinstance(path, list) and path and all(isinstance(p, str) for p in path))):
-            raise ValueError(f"{where}: `path` of dataset {name!r} must be a file, a glob or a list of them, "
+            raise ConfigError(f"{where}: `path` of dataset {name!r} must be a file, a glob or a list of them, "
                              f"got {path!r}")
         role_map = d.get("role_map")
         if role_map is not None and not (isinstance(role_map, dict) and all(isinstance(k, str) for k in role_map)):
-            raise ValueError(f"{where}: `role_map` of dataset {name!r} must map role names to system/user/assistant")
+            raise ConfigError(f"{where}: `role_map` of dataset {name!r} must map role names to system/user/assistant")
         options = [k for k in ("role_map", *FIELD_KEYS) if d.get(k) is not None]
         options += ["path"] if isinstance(path, list) else []
         if name not in FORMAT_LOADERS and (options or d.get("format", "messages") != "messages"):
-            raise ValueError(f"{where}: `format`, {list(FIELD_KEYS)}, `role_map` and a list `path` apply to "
-                             f"datasets {list(FORMAT_LOADERS)}, not {name!r}")
+            raise ConfigError(f"{where}: `format`, {list(FIELD_KEYS)}, `role_map` and a list `path` apply to "
+                              f"datasets {list(FORMAT_LOADERS)}, not {name!r}")
         spec = cls(**d)
         try:
             spec.converter
         except ValueError as e:
-            raise ValueError(f"{where}: dataset {name!r}: {e}") from None
+            raise ConfigError(f"{where}: dataset {name!r}: {e}") from None
         return spec
 
     @functools.cached_property
@@ -218,8 +219,37 @@ class DatasetSpec:
         return list(range(num_rows)) * whole + sorted(picked)
 
 
-class DataValidationError(ValueError):
-    """A row of a dataset is not a valid conversation; the message names dataset, row and reason."""
+MAX_SKIPS_SHOWN = 5  # skipped rows listed (position and reason) in the skip_invalid warning
+
+
+def check_training_conversation(row) -> list[dict]:
+    """Validate one raw row as a training conversation and normalize it (``normalize_conversation``).
+
+    Besides the format rules of ``normalize_conversation``, an assistant message must say something: an
+    empty string or an empty list of parts would train the model to answer nothing.
+
+    Raises:
+        ConversationError: the row is not JSON (an ``InvalidLine``), not a conversation (e.g. a bare
+            string), breaks the chat format, or has an assistant message with empty content.
+    """
+    if isinstance(row, InvalidLine):
+        raise ConversationError(row.reason)
+    conv = normalize_conversation(row)
+    messages = row["messages"] if isinstance(row, dict) else row  # valid: normalize_conversation accepted it
+    for i, m in enumerate(messages):  # numbered like normalize_conversation's messages (0-based, as sent)
+        content = m["content"]
+        if m["role"] == "assistant" and not (content if isinstance(content, str) else any(p["text"] for p in content)):
+            raise ConversationError(f"message {i} (assistant): empty content (it would train the model to answer "
+                                    "nothing)")
+    return conv
+
+
+def _position(spec: DatasetSpec, raw, row: int) -> str:
+    """``position`` of a row, without repeating a file path that the dataset's label already names."""
+    if isinstance(raw, Rows) and raw.segments:
+        source, where = raw.locate(row)
+        return where if source and source in spec.label else f"{source}, {where}"
+    return position(raw, row)
 
 
 def load_mixture(
@@ -235,31 +265,35 @@ def load_mixture(
 
     Raises:
         DataSourceError: a file is missing or a Hub dataset cannot be loaded.
-        DataValidationError: a row is invalid and ``skip_invalid`` is False, e.g.
-            ``"dataset files/my.jsonl[train], my.jsonl, line 18: message 2: roles must alternate ..."`` (files:
-            1-based line or row; Hub datasets: row index; built-in tasks: row index), or a format refuses it.
+        DataValidationError: a row is invalid (``check_training_conversation``) and ``skip_invalid`` is False;
+            the message names the dataset, the position (a file's 1-based line, a Hub row index) and the
+            reason. With ``skip_invalid``, invalid rows are counted and the first ``MAX_SKIPS_SHOWN``
+            logged with their positions and reasons.
     """
     items: list[tuple[list[dict], str]] = []
     for spec in specs:
         raw = spec.load(data_dir)
         kept = spec.row_indices(len(raw), seed)
         to_messages = spec.converter
-        valid, skipped = [], 0
+        valid, skipped = [], []
         for row in kept:  # row: the index in the source
             try:
-                valid.append(normalize_conversation(to_messages(raw[row])))
+                r = raw[row]
+                valid.append(check_training_conversation(r if isinstance(r, InvalidLine) else to_messages(r)))
             except ConversationError as e:
                 if not skip_invalid:
-                    where = raw.where(row) if isinstance(raw, Rows) else f"row {row}"
                     raise DataValidationError(
-                        f"dataset {spec.label}, {where}: {e}. Fix the row, or set `skip_invalid: true` to skip "
-                        "such rows."
+                        f"invalid row: {e}; dataset {spec.label}, {_position(spec, raw, row)}; "
+                        "fix the row, or set `skip_invalid: true` to skip invalid rows"
                     ) from None
-                skipped += 1
+                skipped.append(f"{_position(spec, raw, row)}: {e}")
         if skipped:
-            logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid)", spec.label, skipped, len(kept))
+            more = f"; ... ({len(skipped) - MAX_SKIPS_SHOWN} more)" if len(skipped) > MAX_SKIPS_SHOWN else ""
+            logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid): %s%s", spec.label, len(skipped),
+                           len(kept), "; ".join(skipped[:MAX_SKIPS_SHOWN]), more)
         if not valid:
-            raise DataValidationError(f"dataset {spec.label}: no valid conversations")
+            raise DataValidationError(f"no valid conversations in dataset {spec.label} ({len(kept)} rows, "
+                                      f"{len(skipped)} invalid); check its `path:`/`name:` and the rows' format")
         items += [(valid[i], spec.label) for i in spec.epoch_indices(len(valid), seed)]
         logger.info("dataset %s: %d conversations x %s epochs", spec.label, len(valid), spec.epochs)
     random.Random(seed).shuffle(items)

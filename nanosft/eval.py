@@ -17,6 +17,12 @@ import os
 import sys
 import time
 
+from .errors import ConfigError, run_cli, use_cli_options
+from .pretrained import check_model_source
+
+# How this CLI's messages name the settings (nanosft/errors.py ``option``): its flags, not config keys.
+CLI_OPTIONS = {"data_dir": "--data-dir"}
+
 
 def format_table(results: dict) -> str:
     """A fixed-width table: task, kind, correct/total, accuracy, centered score; then ChatCORE rows."""
@@ -56,17 +62,22 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the results dict (also written as JSON)."""
-    from .chatcore import require_sandbox, run_chatcore
+    from .chatcore import TASKS, require_sandbox, run_chatcore
     from .checkpoint import write_json_atomic
     from .sandbox import WeakSandboxError
 
+    use_cli_options(CLI_OPTIONS)
     args = parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     try:  # before loading anything: refuse a weak code sandbox in seconds
         layers = require_sandbox(tasks, args.allow_weak_sandbox)
     except WeakSandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    check_model_source(args.model, "--model")
     import torch  # heavy imports after the sandbox check
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -104,4 +115,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

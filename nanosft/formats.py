@@ -27,14 +27,13 @@ error messages. Formats convert lazily: only the rows kept by ``max_rows`` are c
 
 from __future__ import annotations
 
-import bisect
 import glob
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .tasks import DataSourceError, iter_jsonl, require_file
+from .tasks import DataSourceError, Rows, read_jsonl, require_file
 from .template import ConversationError
 
 ROLES = ("system", "user", "assistant")
@@ -194,31 +193,6 @@ def converter(fmt: str = "messages", field_names: dict | None = None, role_map: 
     return to_messages
 
 
-class Rows(list):
-    """Source rows (a list) that know where each came from: ``rows.where(i)`` -> ``"a.jsonl, line 3"``.
-
-    ``segments`` holds ``(first_index, file, unit, numbers)`` per file; ``numbers[j]`` is the 1-based line
-    (JSONL) or row of the file's j-th row; ``numbers`` None means the j-th row is row j + 1 (or, with
-    ``unit="row index"``, the 0-based index j of a Hub dataset).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.segments: list[tuple[int, str, str, list | None]] = []
-
-    def add(self, rows: list, source: str, unit: str, numbers: list | None = None) -> None:
-        self.segments.append((len(self), source, unit, numbers))
-        self.extend(rows)
-
-    def where(self, i: int) -> str:
-        """Where row ``i`` comes from, e.g. ``"data/a.jsonl, line 3"`` or ``"org/ds, row index 7"``."""
-        k = bisect.bisect_right([s[0] for s in self.segments], i) - 1
-        start, source, unit, numbers = self.segments[k]
-        j = i - start
-        n = numbers[j] if numbers is not None else (j if unit == "row index" else j + 1)
-        return f"{source}, {unit} {n}"
-
-
 def expand_paths(path: str | list[str]) -> list[str]:
     """Files named by ``path``: one file, a glob (sorted matches), or a list of either.
 
@@ -278,16 +252,18 @@ def read_files(path: str | list[str]) -> Rows:
 
     Returns:
         ``Rows``: raw rows (dicts, or lists for bare JSONL message lists), each with its file and 1-based
-        line (JSONL) or row (JSON array, Parquet, CSV data row) for ``Rows.where``.
+        line (JSONL) or row (JSON array, Parquet, CSV data row) for ``Rows.where``. A JSONL line that is
+        not JSON is an ``InvalidLine`` row (``load_mixture`` rejects it, or skips it with ``skip_invalid``).
 
     Raises:
-        DataSourceError: missing file, no match, unknown type, invalid JSON (file and line), unreadable table.
+        DataSourceError: missing file, no match, unknown type, an invalid JSON array (file and line), an
+            unreadable table.
     """
     rows = Rows()
     for f in expand_paths(path):
         if f.endswith(".jsonl"):
-            pairs = list(iter_jsonl(f))
-            rows.add([r for _, r in pairs], f, "line", [n for n, _ in pairs])
+            part = read_jsonl(f, keep_invalid=True)  # bad lines: InvalidLine rows, rejected or skipped later
+            rows.add(part, f, "line", part.segments[0][3])
         elif f.endswith(".json"):
             rows.add(_read_json_array(f), f, "row")
         else:

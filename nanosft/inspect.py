@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import run_cli
+
 GREEN, RED, RESET = "\x1b[32m", "\x1b[31m", "\x1b[0m"
 
 
@@ -130,4 +132,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

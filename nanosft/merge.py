@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 
+from .checkpoint import follow_umask
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,6 +92,7 @@ def merge_adapter(checkpoint: str, out_dir: str, base: str | None = None) -> str
             delattr(merged, attr)
     os.makedirs(out_dir, exist_ok=True)
     merged.save_pretrained(out_dir)
+    follow_umask(out_dir, ".safetensors")  # safetensors writes 0600 whatever the umask
     tokenizer.save_pretrained(out_dir)  # tokenizer.json + chat_template.jinja
     logger.info("merged %s into %s (%.1fM parameters)", checkpoint, out_dir, merged.num_parameters() / 1e6)
     return out_dir

@@ -25,6 +25,12 @@ import importlib.util
 import logging
 import os
 
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+
+from .errors import MissingPathError
+
 logger = logging.getLogger(__name__)
 
 PKG_SCHEME = "pkg://"
@@ -47,6 +53,59 @@ def package_path(uri: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{uri}: {path} does not exist")
     return path
+
+
+def check_model_source(name: str | None, key: str = "model_name_or_path") -> None:
+    """Fail early, before any data loads, when ``name`` is neither a local path nor a reachable Hub model.
+
+    A name that exists on disk passes (folder, nanochat checkpoint folder, ``*.gguf`` file). A name that can
+    only be a path (starts with ``.``, ``/`` or ``~``, ends in ``.gguf``, or is no valid Hub repo id) is
+    reported as a missing local folder. A valid repo id (``org/name``, also ``runs/nope``) passes when the
+    Hugging Face cache holds it (``<HF_HUB_CACHE>/models--org--name``); otherwise it is looked up on the Hub
+    (``HfApi.model_info``), except in offline mode.
+
+    Args:
+        name: ``model_name_or_path``-style value, ``pkg://`` URIs included; None passes.
+        key: how the user set it (``model_name_or_path``, ``--model``), named in the message.
+
+    Raises:
+        MissingPathError: the message names ``key``, the missing local folder (absolute path) and what to do.
+    """
+    if not name:
+        return
+    if name.startswith(PKG_SCHEME):
+        try:
+            package_path(name)
+        except FileNotFoundError as e:
+            raise MissingPathError(f"{key}: {e}") from None
+        return
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        return
+    missing = f"{key}: local folder {os.path.abspath(path)} does not exist"
+    try:
+        validate_repo_id(name)
+        hub_id = not name.startswith((".", "/", "~")) and not name.endswith(".gguf")
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        raise MissingPathError(f"{missing}; check the path")
+    if os.path.isdir(os.path.join(constants.HF_HUB_CACHE, "models--" + name.replace("/", "--"))):
+        return
+    if constants.is_offline_mode():
+        raise MissingPathError(f"{missing}, and Hub model {name!r} is not in the Hugging Face cache (offline mode); "
+                               "check the path, or download the model while online")
+    try:
+        HfApi().model_info(name)
+    except GatedRepoError:
+        return  # exists; from_pretrained reports missing access with its own message
+    except RepositoryNotFoundError:
+        raise MissingPathError(f"{missing}, and {name!r} is not a model on the Hugging Face Hub; check the path "
+                               "or the Hub id (private models need `hf auth login`)") from None
+    except Exception as e:  # no network, DNS, proxy, timeout, server error: the lookup failed, not nanosft
+        raise MissingPathError(f"{missing}, and the Hugging Face Hub cannot be reached to look up {name!r} "
+                               f"({type(e).__name__}); check the path, or the network (HF_HUB_OFFLINE=1 "
+                               "to use the cache only)") from None
 
 
 def resolve_model_path(path: str | None, init_kwargs: dict | None = None) -> tuple[str | None, dict]:

@@ -1,7 +1,9 @@
 """The SFT recipe: ``accelerate launch -m nanosft.train --config configs/tiny.yaml [--set key=value ...]``.
 
-Read top to bottom: config -> tokenizer -> data (load, validate, render, pack) -> model -> trainer ->
-train -> save. Data come before the model so that a missing file or a malformed row fails in seconds.
+Read top to bottom: config -> early checks (launch, model path, output_dir) -> tokenizer -> data (load,
+validate, render, pack) -> model -> trainer -> train -> save -> one summary line. Data come before the
+model so that a missing file or a malformed row fails in seconds. User errors (nanosft/errors.py) print
+one line ``error: ...`` and exit 2 before anything is written to ``output_dir``.
 Outputs in ``output_dir``: ``checkpoint-<step>/`` folders (resumable), the final HF model (safetensors,
 config, generation config with ``<|assistant_end|>`` as EOS, tokenizer with the chat template),
 ``run_config.json`` (resolved config + versions), ``data_stats.json`` and ``metrics.json``.
@@ -13,6 +15,8 @@ import argparse
 import logging
 import os
 import sys
+
+from .errors import run_cli
 
 logger = logging.getLogger("nanosft.train")
 
@@ -83,8 +87,9 @@ def check_supervision(rendered, tokenizer, first: int = 256) -> None:
         first: how many leading conversations to check (the first batches).
 
     Raises:
-        ValueError: naming what is missing and what to check (template, masks).
+        DataValidationError: naming what is missing and what to check (template, masks).
     """
+    from .errors import DataValidationError
     from .tokenizer import ASSISTANT_END
 
     end_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END)
@@ -94,11 +99,12 @@ def check_supervision(rendered, tokenizer, first: int = 256) -> None:
         sup += sum(mask)
         end += sum(1 for t, m in zip(ids, mask) if m and t == end_id)
     if sup == 0:
-        raise ValueError(f"no supervised token in the first {n} conversations: check the datasets' assistant turns")
+        raise DataValidationError(f"no supervised token in the first {n} conversations: check the datasets' "
+                                  "assistant turns")
     if end == 0:
-        raise ValueError(f"no supervised <|assistant_end|> in the first {n} conversations: the model would never "
-                         "learn to stop; check the chat format (assistant masks), or raise `max_length` if "
-                         "truncation cut the conversations' ends")
+        raise DataValidationError(f"no supervised <|assistant_end|> in the first {n} conversations: the model "
+                                  "would never learn to stop; check the chat format (assistant masks), or raise "
+                                  "`max_length` if truncation cut the conversations' ends")
 
 
 def load_model(cfg, tokenizer):
@@ -179,6 +185,83 @@ def attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows) -> None:
         BitsPerByteCallback(batches, every=int(cfg.eval_steps)).attach(trainer)
 
 
+def cpu_launch_fix(raw: dict) -> dict:
+    """``raw`` with ``use_cpu: true`` when several processes were launched on a machine with no accelerator.
+
+    ``accelerate launch --multi_gpu --num_processes 2`` without ``--cpu`` on a CPU-only machine starts two
+    processes whose Trainer is not distributed (transformers only builds a CPU process group with
+    ``use_cpu``): each rank would train alone on its own batches. With no accelerator there is nothing
+    else to run on, so the fix is safe and made here (with a warning). Not under DeepSpeed or FSDP:
+    ``use_cpu`` would turn them off (DeepSpeed on CPU needs ``ddp_backend: gloo`` instead).
+    """
+    import torch
+
+    def env_true(name):
+        return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sharded = raw.get("deepspeed") or raw.get("fsdp") or env_true("ACCELERATE_USE_DEEPSPEED") or \
+        env_true("ACCELERATE_USE_FSDP")
+    use_cpu = raw.get("use_cpu") or env_true("ACCELERATE_USE_CPU")
+    if world > 1 and not use_cpu and not sharded and not torch.accelerator.is_available():
+        if os.environ.get("RANK", "0") == "0":
+            print(f"warning: {world} processes launched without --cpu on a machine with no accelerator; "
+                  "training on CPU with a gloo process group (use_cpu: true)", file=sys.stderr, flush=True)
+        return {**raw, "use_cpu": True}
+    return raw
+
+
+def check_distributed(cfg) -> None:
+    """Refuse a multi-process launch whose Trainer is not distributed (each rank would train alone).
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` > 1 but the Trainer's ``world_size`` differs; names the fixing flags.
+    """
+    from .errors import ConfigError
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and cfg.world_size != world:
+        raise ConfigError(f"{world} processes were launched but the Trainer runs {cfg.world_size} (not distributed, "
+                          f"device {cfg.device}); on CPU add `--cpu` to `accelerate launch` (or `--set use_cpu=true`), "
+                          "on GPUs check the accelerate config's distributed_type and num_processes")
+
+
+def early_checks(cfg) -> list[str]:
+    """Checks that need no data or model, so that a typo fails in seconds (nothing is written yet).
+
+    Returns:
+        Checkpoint folders of ``output_dir`` to delete before training (``overwrite_output_dir``).
+
+    Raises:
+        ConfigError, MissingPathError: a non-distributed multi-process launch; a model or tokenizer that is
+            neither a local path nor a Hub model; checkpoints in ``output_dir`` with neither
+            ``resume_from_checkpoint`` nor ``overwrite_output_dir``; a missing resume checkpoint.
+    """
+    from .checkpoint import check_output_dir, resolve_resume
+    from .pretrained import check_model_source
+
+    check_distributed(cfg)
+    if cfg.model_config is None:
+        check_model_source(cfg.model_name_or_path, "model_name_or_path")
+    check_model_source(cfg.tokenizer_name_or_path, "tokenizer_name_or_path")
+    resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)  # raises for a missing checkpoint folder
+    return check_output_dir(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
+
+
+def summary_line(trainer, cfg) -> str:
+    """The run's last line: final training loss, ChatCORE if it ran, and where the model and report are."""
+    from .checkpoint import latest_metrics
+
+    history = trainer.state.log_history
+    loss = next((e["loss"] for e in reversed(history) if "loss" in e), None)
+    chatcore = latest_metrics(history).get("chatcore_metric")
+    parts = [f"final loss {loss:.4f}" if loss is not None else "no loss logged"]
+    if chatcore is not None:
+        parts.append(f"ChatCORE {chatcore:.4f}")
+    parts += [f"model {cfg.output_dir}", f"report {os.path.join(cfg.output_dir, 'report.md')}"]
+    return f"done at step {trainer.state.global_step}: " + ", ".join(parts)
+
+
 def versions() -> dict:
     """Versions of the libraries a run depends on."""
     import accelerate
@@ -197,9 +280,10 @@ def main(argv=None) -> int:
     from .config import build_config, read_config_dict
 
     raw = read_config_dict(args.config, args.overrides)  # validates before anything heavy
-    cfg = build_config(dict(raw), args.config)
+    cfg = build_config(cpu_launch_fix(dict(raw)), args.config)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
+    overwritten = early_checks(cfg)
     from transformers import set_seed
 
     from .trainer import NanoSFTTrainer
@@ -227,11 +311,12 @@ def main(argv=None) -> int:
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
-    from .checkpoint import redact, resolve_resume, write_json_atomic
+    from .checkpoint import redact, remove_checkpoints, resolve_resume, write_json_atomic
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
     trainer.run_config = raw  # recorded in every checkpoint's nanosft_state.json
     if trainer.is_world_process_zero():
+        remove_checkpoints(cfg.output_dir, overwritten)  # overwrite_output_dir: the earlier run's checkpoints
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
                           {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
@@ -251,6 +336,7 @@ def main(argv=None) -> int:
         from .report import write_report
 
         write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report.py)
+        print(summary_line(trainer, cfg), flush=True)
     return 0
 
 
@@ -261,4 +347,4 @@ def redact_overrides(overrides: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -21,6 +21,8 @@ Each override changes one TRL/transformers behaviour, for one reason:
   mid-save never leaves a ``checkpoint-*`` folder that resume would pick. ``_load_rng_state`` also
   restores the token counters from that record on resume.
 - ``create_model_card``: nanosft's card (``nanosft/hub.py``) instead of TRL's.
+- ``_save``: the weight files get the permissions of ordinary new files (0666 less the umask);
+  safetensors 0.8 creates them 0600 (``nanosft.checkpoint.follow_umask``).
 """
 
 from __future__ import annotations
@@ -208,6 +210,14 @@ class NanoSFTTrainer(SFTTrainer):
     # ----- checkpoints, records and the model card (nanosft/checkpoint.py, nanosft/hub.py) -----
     run_config: dict | None = None  # the resolved YAML config (train.py sets it); recorded in checkpoints
     _ckpt_staging: str | None = None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's model save, then ``follow_umask`` on the written ``*.safetensors`` files."""
+        from .checkpoint import follow_umask
+
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            follow_umask(output_dir if output_dir is not None else self.args.output_dir, ".safetensors")
 
     def _get_output_dir(self, trial) -> str:
         """The staging folder while ``_save_checkpoint`` runs, so the Trainer writes its files there."""

@@ -42,7 +42,7 @@ def test_invalid_row_error_names_dataset_row_and_reason(tmp_path, case):
         load_mixture([spec], data_dir=None)
     msg = str(e.value)
     assert f"dataset jsonl/{path}[train]" in msg
-    assert f"{path}, line 3:" in msg  # 1-based line of the file
+    assert f"{path}[train], line 3;" in msg  # the 1-based line of the file
     assert reason in msg
     assert "skip_invalid" in msg  # says what to change
 
@@ -162,7 +162,7 @@ def test_max_rows_errors_name_the_source_row(tmp_path):
     write_jsonl(tmp_path / "m.jsonl", [GOOD if i in kept else bad for i in range(100)])
     convs, _ = load_mixture([spec], data_dir=None, seed=42)
     assert len(convs) == 10
-    # a bad row among the drawn ones is reported by its 1-based line in the file
+    # a bad row among the drawn ones is reported by its (1-based) line in the file
     write_jsonl(tmp_path / "m.jsonl", [bad if i == kept[3] else GOOD for i in range(100)])
-    with pytest.raises(DataValidationError, match=f"line {kept[3] + 1}:"):
+    with pytest.raises(DataValidationError, match=rf"m.jsonl\[train\], line {kept[3] + 1};"):
         load_mixture([spec], data_dir=None, seed=42)

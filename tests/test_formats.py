@@ -85,7 +85,8 @@ def test_sharegpt_unknown_speaker_is_one_line_naming_file_line_and_role_map(tmp_
     with pytest.raises(DataValidationError) as e:
         load({"name": "files", "path": path, "format": "sharegpt"})
     msg = str(e.value)
-    assert "\n" not in msg and f"{path}, line 4: message 1: unknown sharegpt role 'bot'" in msg and "role_map" in msg
+    assert "\n" not in msg and "message 1: unknown sharegpt role 'bot'" in msg and "role_map" in msg
+    assert f"{path}[train], line 4;" in msg
 
 
 def test_alpaca_renders_instruction_blank_line_input(nanochat_tokenizer, tmp_path):
@@ -137,7 +138,8 @@ def test_openai_tool_call_row_is_refused_in_one_line(tmp_path, call, reason):
         load({"name": "files", "path": path, "format": "openai"})
     msg = str(e.value)
     assert "\n" not in msg
-    assert f"{path}, line 2: {reason}: OpenAI tool/function calls are JSON, but nanochat's tool is python code" in msg
+    assert f"{reason}: OpenAI tool/function calls are JSON, but nanochat's tool is python code" in msg
+    assert f"{path}[train], line 2;" in msg
     assert "{type: python}" in msg and "skip_invalid" in msg
     assert len(load({"name": "files", "path": path, "format": "openai"}, skip_invalid=True)) == 2
 
@@ -225,7 +227,7 @@ def test_csv_column_holding_json_messages(nanochat_tokenizer, tmp_path):
     assert_same_rendering(nanochat_tokenizer, got, MESSAGES, tmp_path)
     with open(path, "a", newline="", encoding="utf-8") as f:
         csv.writer(f).writerow([99, "[{not json"])
-    with pytest.raises(DataValidationError, match=r"m.csv, row 7: field `chat` is a string but not valid JSON"):
+    with pytest.raises(DataValidationError, match=r"field `chat` is a string but not valid JSON.*m.csv\[train\], row 7;"):
         load({"name": "files", "path": path, "messages_field": "chat"})
 
 
@@ -254,9 +256,9 @@ def test_invalid_row_names_file_and_one_based_position(tmp_path, kind, where):
     with pytest.raises(DataValidationError) as e:
         load({"name": "files", "path": path, "format": "alpaca"})
     msg = str(e.value)
-    assert "\n" not in msg and f"{where}: `output` is missing or empty" in msg
+    assert "\n" not in msg and "`output` is missing or empty" in msg and f"{where};" in msg
     if kind != "glob":
-        assert f"{path}, {where}:" in msg
+        assert f"{path}[train], {where};" in msg
 
 
 def test_file_errors_name_the_path(tmp_path):
@@ -308,7 +310,7 @@ def test_hub_rows_take_the_format_and_report_row_index(monkeypatch, nanochat_tok
     assert seen["args"] == ("org/chats", (), "train")
     assert_same_rendering(nanochat_tokenizer, got, MESSAGES, tmp_path)
     rows[4]["chat"][1]["from"] = "narrator"
-    with pytest.raises(DataValidationError, match=r"org/chats, row index 4: message 1: unknown sharegpt role"):
+    with pytest.raises(DataValidationError, match=r"message 1: unknown sharegpt role.*Hub dataset org/chats, row index 4;"):
         load(spec)
 
 

@@ -73,5 +73,5 @@ def test_cli_reports_invalid_rows_like_training(tmp_path, data_dir):
     cfg.write_text(f"model_config: {{hidden_size: 32}}\ntokenizer_name_or_path: {data_dir}/nanochat_tokenizer\n"
                    f"datasets: [{{name: jsonl, path: {bad}}}]\nmax_length: 128\n"
                    f"output_dir: {tmp_path / 'out'}\nreport_to: none\n")
-    with pytest.raises(DataValidationError, match=r"bad.jsonl, line 1: no assistant message"):
+    with pytest.raises(DataValidationError, match=r"no assistant message.*bad.jsonl\[train\], line 1;"):
         main(["--config", str(cfg), "--n", "1"])

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from . import load_hub, read_jsonl, require_file
+from ..errors import ConfigError, option
+from . import DataSourceError, load_hub, read_jsonl, require_file
 
 HUB_ID = "allenai/ai2_arc"
 SUBSETS = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}
@@ -54,11 +55,11 @@ def load_problems(subset: str = "ARC-Easy", split: str = "test", data_dir: str |
         data_dir: folder with ``arc/``; None reads the Hub.
 
     Raises:
-        ValueError: unknown subset, or a non-test split asked of the local copy.
+        ConfigError: unknown subset. DataSourceError: a non-test split asked of the local copy.
         DataSourceError: the local file is missing (the message names it) or the Hub is unreachable.
     """
     if subset not in SUBSETS:
-        raise ValueError(f"unknown ARC subset {subset!r}; expected one of {sorted(SUBSETS)}")
+        raise ConfigError(f"unknown ARC subset {subset!r}; set `subset:` to one of {sorted(SUBSETS)}")
     if data_dir is None:
         problems = []
         for row in load_hub(HUB_ID, subset, split=split):
@@ -66,7 +67,8 @@ def load_problems(subset: str = "ARC-Easy", split: str = "test", data_dir: str |
             problems.append(mc_problem(row["question"], row["choices"]["text"], labels.index(row["answerKey"]), labels))
         return problems
     if split != "test":
-        raise ValueError(f"the local ARC copy holds only the test split, not {split!r}; use the Hub (data_dir=None)")
+        raise DataSourceError(f"the local ARC copy holds only the test split, not {split!r}; use split: test, or "
+                              f"the Hub ({option('data_dir')} unset)")
     path = os.path.join(data_dir, "arc", f"{SUBSETS[subset]}_test.jsonl")
     require_file(path, "It is scripts/eval/local_data/world_knowledge/ from github.com/mosaicml/llm-foundry.")
     problems = []

@@ -29,7 +29,7 @@ def load_conversations(split: str = "train", data_dir: str | None = None, subset
         return [to_conversation(r) for r in load_hub("teknium/GPTeacher-General-Instruct", split="train")]
     path = os.path.join(data_dir, "gpteacher", f"{subset}-instruct.json")
     require_file(path, "Get it from github.com/teknium1/GPTeacher (<subset>/<subset>-instruct.json).")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is accepted
         try:
             rows = json.load(f)
         except json.JSONDecodeError as e:

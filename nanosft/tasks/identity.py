@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 
+from ..errors import option
 from . import DataSourceError, read_jsonl, require_file
 
 URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
 
 
 def load_conversations(split: str = "train", data_dir: str | None = None, path: str | None = None) -> list:
-    """All identity conversations (there is only one split). ``path`` overrides the file location."""
+    """All identity conversations (there is only one split). ``path`` overrides the file location.
+
+    A local file comes back as ``Rows`` (1-based line numbers for errors); a line that is not JSON is an
+    ``InvalidLine``, which the mixture rejects, or skips with ``skip_invalid``."""
     if path is None and data_dir is not None:
         path = os.path.join(data_dir, "identity", "identity_conversations.jsonl")
     if path is None:
@@ -25,6 +29,6 @@ def load_conversations(split: str = "train", data_dir: str | None = None, path: 
             with urllib.request.urlopen(URL, timeout=60) as f:
                 return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
         except OSError as e:
-            raise DataSourceError(f"could not download {URL}: {e}. Offline, set `data_dir:` in the config.") from e
-    require_file(path, f"Download it from {URL}.")
-    return read_jsonl(path)
+            raise DataSourceError(f"could not download {URL}: {e}; offline, set {option('data_dir')}") from e
+    require_file(path, f"download it from {URL}")
+    return read_jsonl(path, keep_invalid=True)  # invalid lines: rejected (or skipped) by load_mixture

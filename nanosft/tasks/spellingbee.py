@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 
+from ..errors import option
 from . import DataSourceError, require_file
 
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
@@ -59,7 +60,7 @@ def load_words(data_dir: str | None = None) -> list[str]:
             with urllib.request.urlopen(WORDS_URL, timeout=60) as f:
                 text = f.read().decode("utf-8")
         except OSError as e:
-            raise DataSourceError(f"could not download {WORDS_URL}: {e}. Offline, set `data_dir:`.") from e
+            raise DataSourceError(f"could not download {WORDS_URL}: {e}; offline, set {option('data_dir')}") from e
     else:
         path = require_file(os.path.join(data_dir, "words", "words_alpha.txt"), f"Download it from {WORDS_URL}.")
         with open(path, encoding="utf-8") as f:
