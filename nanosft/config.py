@@ -100,7 +100,11 @@ class NanoSFTConfig(SFTConfig):
     )
     # --- evaluation ---
     chatcore_every: int = field(default=-1, metadata={"help": "Run ChatCORE every N steps (-1: off)."})
-    chatcore_tasks: list | None = field(default=None, metadata={"help": "ChatCORE tasks (None: all six)."})
+    chatcore_tasks: list | str | None = field(
+        default=None,
+        metadata={"help": "ChatCORE task set ('nanosft6': six tasks, the default; 'nanochat': nanochat's five, "
+                  "comparable with its numbers) or a list of tasks (fewer than a set: partial, no ChatCORE)."},
+    )
     chatcore_max_categorical: int | None = field(default=None, metadata={"help": "Cap on categorical problems."})
     chatcore_max_generative: int | None = field(default=24, metadata={"help": "Cap on generative problems."})
     chatcore_max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per answer (nanochat: 512)."})
@@ -267,12 +271,13 @@ def validate_dict(d: dict, source: str = "config") -> None:
     for key in ("datasets", "eval_datasets"):
         for i, spec in enumerate(d.get(key) or []):
             DatasetSpec.from_dict(spec, where=f"{source}: {key}[{i}]")
-    if d.get("chatcore_tasks"):
-        from .chatcore import TASKS
+    if d.get("chatcore_tasks") is not None:
+        from .chatcore import resolve_tasks
 
-        unknown = [t for t in d["chatcore_tasks"] if t not in TASKS]
-        if unknown:
-            raise ConfigError(f"{source}: chatcore_tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
+        try:
+            resolve_tasks(d["chatcore_tasks"])
+        except ValueError as e:
+            raise ConfigError(f"{source}: chatcore_tasks: {e}") from None
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:

@@ -25,18 +25,26 @@ def format_table(results: dict) -> str:
         lines.append(
             f"{name:<14} {r['kind']:<12} {r['correct']:>5}/{r['total']:<4} {r['accuracy']:>9.4f} {centered:>9.4f}"
         )
+    task_set = results.get("task_set")
     for key in ("chatcore_cat", "chatcore_metric"):
         if key in results:
-            lines.append(f"{key:<14} {'':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
+            lines.append(f"{key:<14} {task_set or '':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
+    if task_set and not results.get("complete", True):
+        from .chatcore import TASK_SETS
+
+        lines.append(f"partial: {len(results['tasks'])} of the {len(TASK_SETS[task_set])} tasks of set {task_set}; "
+                     "no ChatCORE")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
-    from .chatcore import DEFAULT_TASKS
+    from .chatcore import DEFAULT_TASK_SET, TASK_SETS
 
     p = argparse.ArgumentParser(prog="python -m nanosft.eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="checkpoint folder (AutoModelForCausalLM + AutoTokenizer)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
+    p.add_argument("--tasks", default=DEFAULT_TASK_SET,
+                   help=f"a task set ({', '.join(TASK_SETS)}; ChatCORE averages a whole set) or comma-separated task "
+                        "names (fewer than a set: partial, no ChatCORE)")
     p.add_argument("--max-problems", type=int, default=None, help="cap per task (seeded random subset)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: the Hugging Face Hub)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (categorical)")
@@ -57,11 +65,13 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .chatcore import run_chatcore
+    from .chatcore import TASK_SETS, run_chatcore
     from .checkpoint import write_json_atomic
 
     args = parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if len(tasks) == 1 and tasks[0] in TASK_SETS:
+        tasks = tasks[0]
     state = PartialState()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(state.device)
