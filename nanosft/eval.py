@@ -46,7 +46,8 @@ def parse_args(argv=None):
                    help=f"a task set ({', '.join(TASK_SETS)}; ChatCORE averages a whole set) or comma-separated task "
                         "names (fewer than a set: partial, no ChatCORE)")
     p.add_argument("--max-problems", type=int, default=None, help="cap per task (seeded random subset)")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: the Hugging Face Hub)")
+    p.add_argument("--data-dir", default=None,
+                   help="local data folder, or pkg://nanosft/resources/data for the embedded copy (default: the Hub)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (categorical)")
     p.add_argument("--generative-batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--num-samples", type=int, default=1, help="samples per problem (pass@k)")
@@ -69,6 +70,9 @@ def main(argv=None) -> dict:
     from .checkpoint import write_json_atomic
 
     args = parse_args(argv)
+    from .config import resolve_local_path
+
+    args.data_dir = resolve_local_path("--data-dir", args.data_dir, folder_only=True)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if len(tasks) == 1 and tasks[0] in TASK_SETS:
         tasks = tasks[0]
