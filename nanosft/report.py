@@ -16,7 +16,8 @@ read back from disk, so a report can be rebuilt for any run folder, also a crash
 Plots (matplotlib, Agg backend: no display needed): ``loss.png``, ``lr.png``, ``val_bpb.png`` (when
 logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0 when ``chatcore_base.json``
 exists). ChatCORE aggregates are named with their task set (``chatcore_metric/nanochat``); a partial set
-has none and the table says so. The before/after table gives a binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
+has none and the table says so. The before/after table gives a binomial noise scale per task,
+sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
 Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
 """
@@ -185,7 +186,8 @@ def make_plots(run_dir: str, log_history: list[dict], before: dict) -> dict[str,
     from .chatcore import split_metric_key
 
     keys = sorted({k for h in log_history for k in h if k.startswith("chatcore/")} | {f"chatcore/{t}" for t in before.get("tasks", {})})
-    aggregates = sorted({k for h in log_history for k in h if split_metric_key(k)} | {k for k in before if split_metric_key(k)})
+    aggregates = sorted({k for h in log_history for k in h if split_metric_key(k)}
+                        | {k for k in before if split_metric_key(k)})
     curves = []
     with_base = False  # the title mentions step 0 only when a base-model point is drawn
     for key in [*keys, *aggregates]:

@@ -40,7 +40,8 @@ def test_full_task_sizes(task, count, full_data_dir):
 
 @pytest.mark.parametrize(
     "task, count",
-    [("ARC-Easy", 256), ("ARC-Challenge", 256), ("MMLU", 256), ("GSM8K", 256), ("HumanEval", 164), ("SpellingBee", 256)],
+    [("ARC-Easy", 256), ("ARC-Challenge", 256), ("MMLU", 256), ("GSM8K", 256), ("HumanEval", 164),
+     ("SpellingBee", 256)],
 )
 def test_embedded_task_sizes(task, count):
     assert len(chatcore.load_problems(task, data_dir=DATA)) == count
@@ -227,7 +228,8 @@ def test_spellingbee_weight_differs_between_the_sets():
 
 def test_task_sets_resolve_from_names_and_lists():
     assert chatcore.resolve_tasks(None) == ("nanosft6", chatcore.TASK_SETS["nanosft6"])
-    assert chatcore.resolve_tasks("nanochat") == ("nanochat", ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"))
+    five = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")
+    assert chatcore.resolve_tasks("nanochat") == ("nanochat", five)
     assert chatcore.resolve_tasks(["HumanEval", "GSM8K", "MMLU", "ARC-Challenge", "ARC-Easy"])[0] == "nanochat"
     assert chatcore.resolve_tasks(["GSM8K"]) == ("nanosft6", ("GSM8K",))  # partial
     with pytest.raises(ValueError, match="nanochat"):
@@ -243,7 +245,8 @@ def test_run_chatcore_labels_the_set_and_partial_runs(monkeypatch, tokenizer):
     problems = {name: [{}, {}] for name in outcomes}
     model = torch.nn.Linear(1, 1)
     res = chatcore.run_chatcore(model, tokenizer, "nanochat", problems=problems)
-    assert res["task_set"] == "nanochat" and res["complete"] and set(res["tasks"]) == set(chatcore.TASK_SETS["nanochat"])
+    assert res["task_set"] == "nanochat" and res["complete"]
+    assert set(res["tasks"]) == set(chatcore.TASK_SETS["nanochat"])
     centered = [(0.5 - 0.25) / 0.75, -1 / 3, 1.0, 0.5, 0.0]
     assert res["chatcore_metric"] == pytest.approx(sum(centered) / 5)
     logs = chatcore.log_metrics(res)

@@ -107,7 +107,8 @@ def test_missing_data_dir_or_tokenizer_path_is_one_line_naming_key_and_path(tmp_
     with pytest.raises(ConfigError, match="data_dir: pkg://nanosft/no_such_folder: .* does not exist"):
         load_config(path, ["data_dir=pkg://nanosft/no_such_folder"])
     # a Hub id is left to the Hub; pkg:// resolves inside the installed package, from any working directory
-    cfg = load_config(path, ["tokenizer_name_or_path=HuggingFaceTB/SmolLM2-135M", "data_dir=pkg://nanosft/resources/data"])
+    cfg = load_config(path, ["tokenizer_name_or_path=HuggingFaceTB/SmolLM2-135M",
+                             "data_dir=pkg://nanosft/resources/data"])
     assert cfg.tokenizer_name_or_path == "HuggingFaceTB/SmolLM2-135M"
     assert os.path.samefile(cfg.data_dir, os.path.join(REPO, "nanosft", "resources", "data"))
 
