@@ -1,7 +1,8 @@
 """Datasets as tasks, one module each (nanochat/tasks/): training conversations and eval problems.
 
-Every loader reads from a local ``data_dir`` when one is given (the formats of ``../shared/data``,
-see its README) and from the Hugging Face Hub otherwise, so the same YAML works offline and online.
+Every loader reads from a local ``data_dir`` when one is given (the layout of the embedded copy,
+``nanosft/resources/data/README.md``) and from the Hugging Face Hub otherwise, so the same YAML works
+offline and online.
 A missing local file raises ``DataSourceError`` naming the path and how to obtain the data.
 """
 
@@ -45,5 +46,6 @@ def load_hub(repo_id: str, *args, split: str, **kwargs):
     except Exception as e:  # network, auth, missing split: all end the same way for the user
         raise DataSourceError(
             f"could not load {repo_id!r} (split {split!r}) from the Hugging Face Hub: {type(e).__name__}: {e}. "
-            "Offline, set `data_dir:` in the config to a folder with the local copies (see ../shared/data/README.md)."
+            "Offline, set `data_dir:` in the config to a folder with local copies (layout: "
+            "nanosft/resources/data/README.md; pkg://nanosft/resources/data is the small embedded copy)."
         ) from e
