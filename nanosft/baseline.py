@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    from .chatcore import DEFAULT_TASKS, run_chatcore
+    from .chatcore import run_chatcore
     from .config import load_config
     from .checkpoint import write_json_atomic
     from .eval import format_table
@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, tokenizer)
     t0 = time.time()
-    results = run_chatcore(model, tokenizer, cfg.chatcore_tasks or DEFAULT_TASKS, data_dir=cfg.data_dir,
+    results = run_chatcore(model, tokenizer, cfg.chatcore_tasks, data_dir=cfg.data_dir,
                            max_categorical=cfg.chatcore_max_categorical, max_generative=cfg.chatcore_max_generative,
                            max_new_tokens=cfg.chatcore_max_new_tokens, progress=True)
     results["model"] = cfg.model_name_or_path or "model_config"

@@ -183,13 +183,13 @@ class _StashingCallback(TrainerCallback):
 
 
 class ChatCoreCallback(_StashingCallback):
-    """Run ChatCORE every ``every`` optimizer steps and log ``chatcore/<task>``, ``chatcore_metric``,
-    ``chatcore_cat`` through the trainer.
+    """Run ChatCORE every ``every`` optimizer steps and log ``chatcore/<task>``, ``chatcore_metric/<set>``,
+    ``chatcore_cat/<set>`` through the trainer (no aggregate for a partial set: ``chatcore.chatcore_metrics``).
 
     Args:
         tokenizer: tokenizer with the nanochat special tokens; None uses the trainer's
             ``processing_class``.
-        tasks: task names (``chatcore.TASKS``); default all six.
+        tasks: a task set name (``chatcore.TASK_SETS``), task names, or None for the default six-task set.
         every: steps between evaluations; -1 (or 0) turns it off.
         max_categorical: cap on problems per categorical task (None: all).
         max_generative: cap per generative task (nanochat's SFT uses 24).
@@ -211,7 +211,7 @@ class ChatCoreCallback(_StashingCallback):
     def __init__(
         self,
         tokenizer=None,
-        tasks=chatcore.DEFAULT_TASKS,
+        tasks=None,
         every: int = -1,
         max_categorical: int | None = None,
         max_generative: int | None = chatcore.GENERATIVE_CAP_DURING_SFT,
@@ -226,13 +226,12 @@ class ChatCoreCallback(_StashingCallback):
         allow_weak_sandbox: bool = False,
     ):
         super().__init__(every)
-        for name in tasks:
-            chatcore.get_task(name)  # fail at construction on a typo, not mid-training
+        # fails at construction on a typo, not mid-training
+        self.task_set, self.tasks = chatcore.resolve_tasks(tasks)
         if every and every > 0:
-            chatcore.require_sandbox(tasks, allow_weak_sandbox)  # likewise for a weak code sandbox
+            chatcore.require_sandbox(self.tasks, allow_weak_sandbox)  # likewise for a weak code sandbox
         self.allow_weak_sandbox = allow_weak_sandbox
         self.tokenizer = tokenizer
-        self.tasks = tuple(tasks)
         self.caps = {"max_categorical": max_categorical, "max_generative": max_generative}
         self.data_dir = data_dir
         self.gen = {

@@ -6,9 +6,16 @@
 | GSM8K, SpellingBee | generative | 0 | ``#### N`` extracted by regex, commas stripped, exact match |
 | HumanEval | generative | 0 | first code block + imports + tests + ``check()`` run in ``nanosft.sandbox`` |
 
-ChatCORE = mean over the evaluated tasks of ``(acc - baseline) / (1 - baseline)``; ``chatcore_cat``
-is the same over the categorical ones. nanochat reports it only when all tasks ran; nanosft reports
-it over whatever subset was asked for (the result lists the tasks).
+ChatCORE = mean over the tasks of a task set of ``(acc - baseline) / (1 - baseline)``; ``chatcore_cat``
+is the same over the set's categorical tasks. Two sets (``TASK_SETS``): ``nanosft6``, the six tasks above
+(the default), and ``nanochat``, the five of current nanochat (scripts/chat_eval.py ``all_tasks``: no
+SpellingBee), whose numbers compare with nanochat's published ones. Every aggregate is named with its set
+(``chatcore_metric/nanochat``). As in nanochat, a run on fewer tasks than its set is *partial*: it reports
+per-task accuracies and no ChatCORE.
+
+Capped subsets are nanochat's: a task's problems are ordered by ``numpy.random.default_rng(42).permutation``
+(nanochat/tasks/common.py ``HubDataset.shuffle``, the same permutation as ``datasets.Dataset.shuffle(seed=42)``)
+and a cap of N keeps the first N, so with the same source rows nanosft and nanochat score the same problems.
 
 Categorical problems go through the model in batches: prompts are sorted by length and right-padded
 (causal attention: a pad after the last prompt token cannot change that token's logits, so no mask
@@ -26,11 +33,11 @@ Problems are dicts in nanochat's conversation form: ``{"messages": [user, assist
 from __future__ import annotations
 
 import logging
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .engine import gathered_for_generation, generate_batch
@@ -117,9 +124,11 @@ def _load_spellingbee(split, data_dir):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One ChatCORE task: its kind, chance baseline, loader ``(split, data_dir) -> problems`` and,
-    for generative tasks, a scorer ``(problems, completions) -> list[bool]``; ``runs_code``: the scorer
-    executes model-written code and takes ``allow_weak_sandbox``."""
+    """One ChatCORE task: its kind, chance baseline, loader ``(split, data_dir) -> problems``, for
+    generative tasks a scorer ``(problems, completions) -> list[bool]``; ``runs_code``: the scorer executes
+    model-written code and takes ``allow_weak_sandbox``; ``shuffle``: whether a cap takes the first problems
+    of a seeded shuffle (dataset tasks) or the first ones (SpellingBee: example i is drawn from its own seed,
+    nanochat/tasks/spellingbee.py, which nanochat never shuffled)."""
 
     name: str
     kind: str
@@ -127,6 +136,7 @@ class TaskSpec:
     load: Callable[[str, str | None], list[dict]]
     score: Callable[[list[dict], list[str]], list[bool]] | None = None
     runs_code: bool = False
+    shuffle: bool = True
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -135,9 +145,65 @@ TASKS: dict[str, TaskSpec] = {
     "MMLU": TaskSpec("MMLU", CATEGORICAL, 0.25, _load_mmlu),
     "GSM8K": TaskSpec("GSM8K", GENERATIVE, 0.0, _load_gsm8k, score_numeric),
     "HumanEval": TaskSpec("HumanEval", GENERATIVE, 0.0, _load_humaneval, score_humaneval, runs_code=True),
-    "SpellingBee": TaskSpec("SpellingBee", GENERATIVE, 0.0, _load_spellingbee, score_numeric),
+    "SpellingBee": TaskSpec("SpellingBee", GENERATIVE, 0.0, _load_spellingbee, score_numeric, shuffle=False),
 }
-DEFAULT_TASKS = tuple(TASKS)
+# Task sets: ChatCORE averages over a whole set. "nanochat": nanochat/scripts/chat_eval.py ``all_tasks``.
+TASK_SETS: dict[str, tuple[str, ...]] = {
+    "nanosft6": ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"),
+    "nanochat": ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"),
+}
+DEFAULT_TASK_SET = "nanosft6"
+DEFAULT_TASKS = TASK_SETS[DEFAULT_TASK_SET]
+METRIC_KEYS = ("chatcore_metric", "chatcore_cat")
+
+
+def resolve_tasks(tasks=None) -> tuple[str, tuple[str, ...]]:
+    """``(task set, task names)`` of a ``chatcore_tasks`` value.
+
+    Args:
+        tasks: None (the default set), a set name (``TASK_SETS``), or a list of task names. A list equal to
+            a set (any order) is that set; any other list belongs to the default set (which holds every
+            task) and is partial there.
+
+    Raises:
+        ValueError: an unknown set or task name (listing the known ones), or an empty list.
+    """
+    if tasks is None:
+        return DEFAULT_TASK_SET, DEFAULT_TASKS
+    if isinstance(tasks, str):
+        if tasks not in TASK_SETS:
+            raise ValueError(f"unknown ChatCORE task set {tasks!r}; known sets: {', '.join(TASK_SETS)} "
+                             f"(or a list of tasks among {', '.join(TASKS)})")
+        return tasks, TASK_SETS[tasks]
+    names = tuple(dict.fromkeys(tasks))
+    if not names:
+        raise ValueError("an empty list of ChatCORE tasks")
+    for name in names:
+        get_task(name)
+    for set_name, members in TASK_SETS.items():
+        if set(names) == set(members):
+            return set_name, members
+    return DEFAULT_TASK_SET, names
+
+
+def is_complete(task_set: str, tasks) -> bool:
+    """Whether ``tasks`` covers every task of ``task_set`` (else the run is partial: no ChatCORE)."""
+    return set(TASK_SETS[task_set]) <= set(tasks)
+
+
+def metric_key(base: str, task_set: str) -> str:
+    """The log key of an aggregate with its set, e.g. ``chatcore_metric/nanochat``."""
+    return f"{base}/{task_set}"
+
+
+def split_metric_key(key: str) -> tuple[str, str | None] | None:
+    """``"chatcore_metric/nanochat"`` -> ``("chatcore_metric", "nanochat")``; ``"eval_"`` prefixes dropped;
+    a key without a set (records written before task sets existed) gives set None; other keys give None."""
+    key = key.removeprefix("eval_")
+    base, _, task_set = key.partition("/")
+    if base not in METRIC_KEYS:
+        return None
+    return base, task_set or None
 
 
 def require_sandbox(tasks, allow_weak_sandbox: bool = False) -> tuple:
@@ -164,21 +230,23 @@ def get_task(name: str) -> TaskSpec:
 def load_problems(
     task: str, split: str = "test", data_dir: str | None = None, max_problems: int | None = None, seed: int = 42
 ) -> list[dict]:
-    """The problems of a task in a seeded shuffled order, capped at ``max_problems``.
+    """The problems of a task in nanochat's order, capped at ``max_problems``.
 
-    Shuffling always happens (nanochat shuffles with seed 42), so a cap takes a random subset, not
-    the first rows (MMLU files are sorted by subject), and a smaller cap is a prefix of a larger one.
+    The order is ``numpy.random.default_rng(seed).permutation(n)`` of the source rows, as nanochat's tasks
+    shuffle (``.shuffle(seed=42)``, nanochat/tasks/common.py), so a cap keeps the problems nanochat evaluates
+    for the same cap and source; a cap is a random subset, not the first rows (MMLU files are sorted by
+    subject), and a smaller cap is a prefix of a larger one. SpellingBee is not shuffled (``TaskSpec.shuffle``).
 
     Raises:
         ValueError: unknown task.
         DataSourceError: missing local file (named in the message) or unreachable Hub.
     """
-    problems = get_task(task).load(split, data_dir)
-    order = list(range(len(problems)))
-    random.Random(seed).shuffle(order)
+    spec = get_task(task)
+    problems = spec.load(split, data_dir)
+    order = np.random.default_rng(seed).permutation(len(problems)) if spec.shuffle else np.arange(len(problems))
     if max_problems is not None:
         order = order[: max(0, max_problems)]
-    return [problems[i] for i in order]
+    return [problems[int(i)] for i in order]
 
 
 def centered_score(task: str, accuracy: float) -> float:
@@ -193,23 +261,26 @@ def task_cap(task: str, max_categorical: int | None, max_generative: int | None)
     return max_categorical if get_task(task).kind == CATEGORICAL else max_generative
 
 
-def chatcore_metrics(accuracies: dict[str, float]) -> dict[str, float]:
-    """Centered scores (nanochat/scripts/chat_eval.py).
+def chatcore_metrics(accuracies: dict[str, float], task_set: str = DEFAULT_TASK_SET) -> dict[str, float]:
+    """Centered scores of one task set (nanochat/scripts/chat_eval.py, scripts/chat_sft.py).
 
     Args:
         accuracies: task name -> accuracy in [0, 1].
+        task_set: a key of ``TASK_SETS``; only its tasks count.
 
     Returns:
-        ``{"chatcore_metric": mean of (acc - b)/(1 - b) over the tasks, "chatcore_cat": the same over
-        the categorical tasks}``; a key is absent when it has no task.
+        ``{"chatcore_metric": mean of (acc - b)/(1 - b) over the set's tasks, "chatcore_cat": the same over
+        its categorical tasks}``. ``chatcore_metric`` is absent unless every task of the set has an accuracy
+        (a partial run: nanochat prints no ChatCORE then), ``chatcore_cat`` unless every categorical one has.
     """
-    centered = {n: centered_score(n, a) for n, a in accuracies.items()}
+    members = TASK_SETS[task_set]
+    centered = {n: centered_score(n, accuracies[n]) for n in members if n in accuracies}
     out = {}
-    if centered:
+    if len(centered) == len(members):
         out["chatcore_metric"] = sum(centered.values()) / len(centered)
-    cat = [v for n, v in centered.items() if get_task(n).kind == CATEGORICAL]
-    if cat:
-        out["chatcore_cat"] = sum(cat) / len(cat)
+    cat = [n for n in members if get_task(n).kind == CATEGORICAL]
+    if cat and all(n in centered for n in cat):
+        out["chatcore_cat"] = sum(centered[n] for n in cat) / len(cat)
     return out
 
 
@@ -391,7 +462,7 @@ def evaluate_task(
 def run_chatcore(
     model,
     tokenizer,
-    tasks=DEFAULT_TASKS,
+    tasks=None,
     problems: dict[str, list[dict]] | None = None,
     data_dir: str | None = None,
     max_categorical: int | None = None,
@@ -413,7 +484,7 @@ def run_chatcore(
         model: HF causal LM; put in eval mode for the run and restored after. Under ZeRO-3 its weights
             are gathered for the run (``engine.gathered_for_generation``).
         tokenizer: tokenizer with the nanochat special tokens.
-        tasks: task names (see ``TASKS``).
+        tasks: a task set name, a list of task names, or None for the default set (``resolve_tasks``).
         problems: preloaded problems per task (skips loading); else ``load_problems`` per task.
         data_dir: local data folder (None: the Hub).
         max_categorical, max_generative: caps per kind (None: all); nanochat uses 24 for generative
@@ -426,13 +497,17 @@ def run_chatcore(
         allow_weak_sandbox: run HumanEval code even in a sandbox without namespaces or Landlock.
 
     Returns:
-        ``{"tasks": {name: {"accuracy", "correct", "total", "kind", "baseline"}}, "chatcore_metric",
-        "chatcore_cat"}`` (the last two when defined), identical on every process.
+        ``{"tasks": {name: {"accuracy", "correct", "total", "kind", "baseline"}}, "task_set": name,
+        "complete": bool, "chatcore_metric", "chatcore_cat"}``, identical on every process; the last two
+        only when defined for the set (``chatcore_metrics``): a partial run has none.
 
     Raises:
+        ValueError: an unknown task or task set.
         sandbox.WeakSandboxError: a task runs code, the sandbox is weak and ``allow_weak_sandbox`` is off.
     """
     from accelerate import PartialState
+
+    task_set, tasks = resolve_tasks(tasks)
     from accelerate.utils import gather_object
 
     # an already-initialized state (a Trainer's) is shared; otherwise a CPU model under a launcher
@@ -492,16 +567,21 @@ def run_chatcore(
                 }
     finally:
         model.train(was_training)
-    out = {"tasks": results}
-    out.update(chatcore_metrics({n: r["accuracy"] for n, r in results.items() if r["total"]}))
+    accuracies = {n: r["accuracy"] for n, r in results.items() if r["total"]}
+    out = {"tasks": results, "task_set": task_set, "complete": is_complete(task_set, accuracies)}
+    out.update(chatcore_metrics(accuracies, task_set))
+    if not out["complete"]:
+        logger.info("ChatCORE: partial run (%d of the %d tasks of set %s): per-task accuracies only",
+                    len(accuracies), len(TASK_SETS[task_set]), task_set)
     return out
 
 
 def log_metrics(results: dict) -> dict[str, float]:
-    """Flatten ``run_chatcore`` results for ``Trainer.log``: ``chatcore/<task>``, ``chatcore_metric``,
-    ``chatcore_cat``."""
+    """Flatten ``run_chatcore`` results for ``Trainer.log``: ``chatcore/<task>`` accuracies and the aggregates
+    named with their set, ``chatcore_metric/<set>`` and ``chatcore_cat/<set>`` (when defined)."""
     logs = {f"chatcore/{name}": r["accuracy"] for name, r in results["tasks"].items()}
-    for key in ("chatcore_metric", "chatcore_cat"):
+    task_set = results.get("task_set", DEFAULT_TASK_SET)
+    for key in METRIC_KEYS:
         if key in results:
-            logs[key] = results[key]
+            logs[metric_key(key, task_set)] = results[key]
     return logs

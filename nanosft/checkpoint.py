@@ -38,7 +38,7 @@ TMP_PREFIX = "tmp-checkpoint-"
 RECORD_NAME = "nanosft_state.json"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 # Metric keys copied into the record (latest value of each in state.log_history).
-_METRIC_RE = re.compile(r"^(eval_)?(val_bpb|bpb|loss)$|^(eval_)?chatcore(_metric|_cat|/.+)$|^eval_.*bpb$")
+_METRIC_RE = re.compile(r"^(eval_)?(val_bpb|bpb|loss)$|^(eval_)?chatcore((_metric|_cat)(/.+)?|/.+)$|^eval_.*bpb$")
 _SECRET_RE = re.compile(r"(^|_)token$")
 
 
@@ -227,7 +227,7 @@ def latest_metrics(log_history: list[dict]) -> dict:
     """The latest value of every validation metric (bpb, eval loss, ChatCORE) in a Trainer log history.
 
     Returns:
-        {"val_bpb": 1.23, "eval_loss": ..., "chatcore_metric": ..., "chatcore/ARC-Easy": ...,
+        {"val_bpb": 1.23, "eval_loss": ..., "chatcore_metric/nanosft6": ..., "chatcore/ARC-Easy": ...,
         "step": <global step of the newest of them>} - empty when no evaluation ran yet.
     """
     out: dict = {}

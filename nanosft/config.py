@@ -29,6 +29,8 @@ import yaml
 from trl import SFTConfig
 
 from .errors import ConfigError, MissingPathError
+from .pretrained import PKG_SCHEME, package_path
+
 
 __all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse_overrides", "read_config_dict",
            "validate_dict"]
@@ -57,7 +59,8 @@ class NanoSFTConfig(SFTConfig):
     # --- data ---
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Local data folder (../shared/data layout). None: load datasets from the Hugging Face Hub."},
+        metadata={"help": "Local data folder (nanosft/resources/data/README.md layout), or pkg://nanosft/resources/data "
+                  "for the small embedded copy. None: load datasets from the Hugging Face Hub."},
     )
     datasets: list = field(
         default_factory=lambda: [{"name": "gsm8k"}],
@@ -105,7 +108,11 @@ class NanoSFTConfig(SFTConfig):
     )
     # --- evaluation ---
     chatcore_every: int = field(default=-1, metadata={"help": "Run ChatCORE every N steps (-1: off)."})
-    chatcore_tasks: list | None = field(default=None, metadata={"help": "ChatCORE tasks (None: all six)."})
+    chatcore_tasks: list | str | None = field(
+        default=None,
+        metadata={"help": "ChatCORE task set ('nanosft6': six tasks, the default; 'nanochat': nanochat's five, "
+                  "comparable with its numbers) or a list of tasks (fewer than a set: partial, no ChatCORE)."},
+    )
     chatcore_max_categorical: int | None = field(default=None, metadata={"help": "Cap on categorical problems."})
     chatcore_max_generative: int | None = field(default=24, metadata={"help": "Cap on generative problems."})
     chatcore_max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per answer (nanochat: 512)."})
@@ -140,6 +147,8 @@ class NanoSFTConfig(SFTConfig):
             raise ConfigError("model_name_or_path: set it (Hub id or folder), or give model_config for a fresh model")
         if self.max_length is None or self.max_length < 8:
             raise ConfigError(f"max_length: must be an integer >= 8, got {self.max_length!r}")
+        self.data_dir = resolve_local_path("data_dir", self.data_dir, folder_only=True)
+        self.tokenizer_name_or_path = resolve_local_path("tokenizer_name_or_path", self.tokenizer_name_or_path)
         super().__post_init__()
         if self.total_batch_size:
             per_step = self.per_device_train_batch_size * self.max_length * self.world_size
@@ -149,6 +158,46 @@ class NanoSFTConfig(SFTConfig):
                     f" * max_length * world_size = {per_step}"
                 )
             self.gradient_accumulation_steps = self.total_batch_size // per_step
+
+
+def looks_like_local_path(value: str) -> bool:
+    """Whether ``value`` can only be a filesystem path, not a Hub id ``name`` or ``namespace/name``:
+    it starts with ``.``, ``/`` or ``~``, or has a backslash or more than one ``/``."""
+    return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1
+
+
+def resolve_local_path(key: str, value: str | None, folder_only: bool = False) -> str | None:
+    """``pkg://<package>/<path>`` -> the path inside the installed package; check that local paths exist.
+
+    Args:
+        key: the config key, named in errors.
+        value: the configured path (relative paths are relative to the working directory), or None.
+        folder_only: the value must be an existing folder (``data_dir``); otherwise a value that does not
+            look like a path (``looks_like_local_path``) is left to be read as a Hub id.
+
+    Returns:
+        ``value`` unchanged, or the resolved package path.
+
+    Raises:
+        ConfigError: one line naming the key and the missing path (and the working directory it was
+            resolved from), instead of a Hub repo-id validation error later.
+    """
+    if value is None:
+        return None
+    if value.startswith(PKG_SCHEME):
+        try:
+            return package_path(value)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    if os.path.exists(os.path.expanduser(value)):
+        if folder_only and not os.path.isdir(os.path.expanduser(value)):
+            raise ConfigError(f"{key}: {value} is a file, expected a folder")
+        return os.path.expanduser(value)
+    if folder_only or looks_like_local_path(value):
+        where = "" if os.path.isabs(value) else f" (relative to the working directory {os.getcwd()})"
+        what = "folder" if folder_only else "path"
+        raise ConfigError(f"{key}: {what} not found: {value}{where}")
+    return value
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NanoSFTConfig)}
@@ -235,12 +284,13 @@ def validate_dict(d: dict, source: str = "config") -> None:
     for key in ("datasets", "eval_datasets"):
         for i, spec in enumerate(d.get(key) or []):
             DatasetSpec.from_dict(spec, where=f"{source}: {key}[{i}]")
-    if d.get("chatcore_tasks"):
-        from .chatcore import TASKS
+    if d.get("chatcore_tasks") is not None:
+        from .chatcore import resolve_tasks
 
-        unknown = [t for t in d["chatcore_tasks"] if t not in TASKS]
-        if unknown:
-            raise ConfigError(f"{source}: chatcore_tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
+        try:
+            resolve_tasks(d["chatcore_tasks"])
+        except ValueError as e:
+            raise ConfigError(f"{source}: chatcore_tasks: {e}") from None
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:

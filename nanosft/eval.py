@@ -32,20 +32,29 @@ def format_table(results: dict) -> str:
         lines.append(
             f"{name:<14} {r['kind']:<12} {r['correct']:>5}/{r['total']:<4} {r['accuracy']:>9.4f} {centered:>9.4f}"
         )
+    task_set = results.get("task_set")
     for key in ("chatcore_cat", "chatcore_metric"):
         if key in results:
-            lines.append(f"{key:<14} {'':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
+            lines.append(f"{key:<14} {task_set or '':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
+    if task_set and not results.get("complete", True):
+        from .chatcore import TASK_SETS
+
+        lines.append(f"partial: {len(results['tasks'])} of the {len(TASK_SETS[task_set])} tasks of set {task_set}; "
+                     "no ChatCORE")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
-    from .chatcore import DEFAULT_TASKS
+    from .chatcore import DEFAULT_TASK_SET, TASK_SETS
 
     p = argparse.ArgumentParser(prog="python -m nanosft.eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="checkpoint folder (AutoModelForCausalLM + AutoTokenizer)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
+    p.add_argument("--tasks", default=DEFAULT_TASK_SET,
+                   help=f"a task set ({', '.join(TASK_SETS)}; ChatCORE averages a whole set) or comma-separated task "
+                        "names (fewer than a set: partial, no ChatCORE)")
     p.add_argument("--max-problems", type=int, default=None, help="cap per task (seeded random subset)")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: the Hugging Face Hub)")
+    p.add_argument("--data-dir", default=None,
+                   help="local data folder, or pkg://nanosft/resources/data for the embedded copy (default: the Hub)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (categorical)")
     p.add_argument("--generative-batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--num-samples", type=int, default=1, help="samples per problem (pass@k)")
@@ -62,18 +71,23 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the results dict (also written as JSON)."""
-    from .chatcore import TASKS, require_sandbox, run_chatcore
+    from .chatcore import TASK_SETS, TASKS, require_sandbox, run_chatcore
     from .checkpoint import write_json_atomic
+    from .config import resolve_local_path
     from .sandbox import WeakSandboxError
 
     use_cli_options(CLI_OPTIONS)
     args = parse_args(argv)
+    args.data_dir = resolve_local_path("--data-dir", args.data_dir, folder_only=True)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
+    if len(tasks) == 1 and tasks[0] in TASK_SETS:
+        tasks = tasks[0]  # a task set by name: run_chatcore resolves it
+    unknown = [t for t in ([] if isinstance(tasks, str) else tasks) if t not in TASKS]
     if unknown:
-        raise ConfigError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise ConfigError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)} "
+                          f"or a set: {', '.join(TASK_SETS)}")
     try:  # before loading anything: refuse a weak code sandbox in seconds
-        layers = require_sandbox(tasks, args.allow_weak_sandbox)
+        layers = require_sandbox(TASK_SETS[tasks] if isinstance(tasks, str) else tasks, args.allow_weak_sandbox)
     except WeakSandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

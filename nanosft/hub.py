@@ -48,7 +48,10 @@ def _mixture_rows(datasets: list | None) -> list[str]:
 
 
 def chatcore_table(metrics: dict) -> list[str]:
-    """Markdown lines of the ChatCORE table from record metrics (``chatcore/<task>``, ``chatcore_metric``).
+    """Markdown lines of the ChatCORE table from record metrics (``chatcore/<task>``, ``chatcore_metric/<set>``).
+
+    The aggregate rows name their task set (``nanosft6``: six tasks, ``nanochat``: nanochat's five); a
+    partial run has per-task rows only, and says so.
 
     Each task row gives the accuracy and the centered score (acc - baseline) / (1 - baseline), with
     baseline 0.25 for ARC/MMLU and 0 for generative tasks (nanochat). Empty list if no ChatCORE ran.
@@ -63,10 +66,16 @@ def chatcore_table(metrics: dict) -> list[str]:
     for name, acc in sorted(tasks.items()):
         centered = chatcore.centered_score(name, acc) if name in chatcore.TASKS else acc  # baseline 0
         lines.append(f"| {name} | {acc:.4f} | {centered:.4f} |")
-    for key in ("chatcore_metric", "chatcore_cat"):
-        value = metrics.get(key, metrics.get(f"eval_{key}"))
-        if value is not None:
-            lines.append(f"| **{key}** | | **{value:.4f}** |")
+    aggregates = {}
+    for key, value in metrics.items():
+        parsed = chatcore.split_metric_key(key)
+        if parsed is not None and value is not None:
+            base, task_set = parsed
+            aggregates[f"{base} ({task_set or 'task set not recorded'})"] = value
+    for key, value in sorted(aggregates.items()):
+        lines.append(f"| **{key}** | | **{value:.4f}** |")
+    if not aggregates:
+        lines.append("| partial task set: no ChatCORE | | |")
     return lines
 
 

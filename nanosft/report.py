@@ -14,8 +14,10 @@ read back from disk, so a report can be rebuilt for any run folder, also a crash
 | ``chatcore.json`` | ChatCORE of the final model from ``python -m nanosft.eval`` (overrides the log) |
 
 Plots (matplotlib, Agg backend: no display needed): ``loss.png``, ``lr.png``, ``val_bpb.png`` (when
-logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0). The before/after table gives a
-binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
+logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0 when ``chatcore_base.json``
+exists). ChatCORE aggregates are named with their task set (``chatcore_metric/nanochat``); a partial set
+has none and the table says so. The before/after table gives a binomial noise scale per task,
+sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
 Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
 """
@@ -63,12 +65,29 @@ def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def _aggregates(d: dict, task_set: str | None = None) -> dict:
+    """The ChatCORE aggregates of a results dict or log entry, keyed with their set
+    (``chatcore_metric/nanochat``; a record without a set keeps its bare key)."""
+    from .chatcore import metric_key, split_metric_key
+
+    out = {}
+    for key, value in d.items():
+        parsed = split_metric_key(key)
+        if parsed is not None and isinstance(value, (int, float)):
+            base, key_set = parsed
+            key_set = key_set or task_set
+            out[metric_key(base, key_set) if key_set else base] = value
+    return out
+
+
 def chatcore_from_results(results: dict | None) -> dict:
-    """``{"tasks": {task: (accuracy, n)}, "chatcore_metric": x, ...}`` from an eval/baseline JSON."""
+    """``{"tasks": {task: (accuracy, n)}, "chatcore_metric/<set>": x, "task_set", "complete"}`` from an
+    eval/baseline JSON."""
     if not results:
         return {}
     out = {"tasks": {n: (r["accuracy"], r.get("total")) for n, r in results.get("tasks", {}).items() if r.get("total")}}
-    for key in ("chatcore_metric", "chatcore_cat"):
+    out.update(_aggregates(results, results.get("task_set")))
+    for key in ("task_set", "complete"):
         if key in results:
             out[key] = results[key]
     return out
@@ -79,11 +98,7 @@ def chatcore_from_log(log_history: list[dict]) -> dict:
     for entry in reversed(log_history):
         tasks = {k.split("/", 1)[1]: (v, None) for k, v in entry.items() if k.startswith("chatcore/")}
         if tasks:
-            out = {"tasks": tasks, "step": entry.get("step")}
-            for key in ("chatcore_metric", "chatcore_cat"):
-                if key in entry:
-                    out[key] = entry[key]
-            return out
+            return {"tasks": tasks, "step": entry.get("step"), **_aggregates(entry)}
     return {}
 
 
@@ -116,12 +131,19 @@ def chatcore_table(before: dict, after: dict, config: dict | None = None) -> lis
             if n:
                 noise = f"{math.sqrt((b * (1 - b) + a * (1 - a)) / n):.4f}"
         lines.append(f"| {t} | {n or '-'} | {fmt(b)} | {fmt(a)} | {change} | {noise} |")
-    for key in ("chatcore_metric", "chatcore_cat"):
+    from .chatcore import TASK_SETS, split_metric_key
+
+    aggregates = [k for k in dict.fromkeys([*after, *before]) if split_metric_key(k) is not None]
+    for key in sorted(aggregates, key=lambda k: (split_metric_key(k)[1] or "", k)):
         b, a = before.get(key), after.get(key)
         if a is not None or b is not None:
             change = f"{a - b:+.4f}" if a is not None and b is not None else "-"
             lines.append(f"| **{key}** (centered) | | {'-' if b is None else f'{b:.4f}'} | "
                          f"{'-' if a is None else f'{a:.4f}'} | {change} | |")
+    task_set = after.get("task_set") or before.get("task_set")
+    if not aggregates and task_set in TASK_SETS and not set(TASK_SETS[task_set]) <= set(tasks):
+        lines.append(f"| partial: {len(tasks)} of the {len(TASK_SETS[task_set])} tasks of set {task_set}, "
+                     "no ChatCORE | | | | | |")
     return lines
 
 
@@ -161,16 +183,22 @@ def make_plots(run_dir: str, log_history: list[dict], before: dict) -> dict[str,
                       "learning rate (first group)", "Learning rate")
     bpb = [(k, *series(log_history, k)) for k in ("val_bpb", "eval_bpb")]
     out["val_bpb"] = _plot(os.path.join(run_dir, "val_bpb.png"), bpb, "bits per byte", "Validation bits per byte")
+    from .chatcore import split_metric_key
+
     keys = sorted({k for h in log_history for k in h if k.startswith("chatcore/")} | {f"chatcore/{t}" for t in before.get("tasks", {})})
+    aggregates = sorted({k for h in log_history for k in h if split_metric_key(k)}
+                        | {k for k in before if split_metric_key(k)})
     curves = []
-    for key in [*keys, "chatcore_metric"]:
+    with_base = False  # the title mentions step 0 only when a base-model point is drawn
+    for key in [*keys, *aggregates]:
         xs, ys = series(log_history, key)
-        b = before.get(key) if key == "chatcore_metric" else before.get("tasks", {}).get(key.split("/", 1)[-1], (None,))[0]
+        b = before.get(key) if split_metric_key(key) else before.get("tasks", {}).get(key.split("/", 1)[-1], (None,))[0]
         if b is not None:
             xs, ys = [0, *xs], [b, *ys]
+            with_base = True
         curves.append((key.replace("chatcore/", ""), xs, ys))
-    out["chatcore"] = _plot(os.path.join(run_dir, "chatcore.png"), curves, "accuracy / centered score",
-                            "ChatCORE over steps (step 0: base model)")
+    title = "ChatCORE over steps" + (" (step 0: base model)" if with_base else "")
+    out["chatcore"] = _plot(os.path.join(run_dir, "chatcore.png"), curves, "accuracy / centered score", title)
     return {k: v for k, v in out.items() if v}
 
 

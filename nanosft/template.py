@@ -230,6 +230,10 @@ class RenderStats:
     by_source: dict = field(default_factory=dict)
 
 
+# nanochat/tokenizer.py render_conversation(max_tokens=2048), as render_for_completion calls it
+COMPLETION_MAX_TOKENS = 2048
+
+
 class ChatRenderer:
     """Render conversations to ``(input_ids, assistant_mask)`` in the nanochat format.
 
@@ -395,14 +399,21 @@ class ChatRenderer:
         """Render one conversation: ``(input_ids, assistant_mask)``, see ``render_batch``."""
         return self.render_batch([conversation])[0]
 
-    def render_for_completion(self, conversation) -> list[int]:
-        """Prompt ids for generation: drop a final assistant message, append ``<|assistant_start|>``.
+    def render_for_completion(self, conversation, max_tokens: int | None = COMPLETION_MAX_TOKENS) -> list[int]:
+        """Prompt ids for generation: drop a final assistant message, truncate, append ``<|assistant_start|>``.
 
-        Mirrors nanochat/tokenizer.py ``render_for_completion``. The conversation must end with a user
-        message once a final assistant message is dropped. Not truncated.
+        Mirrors nanochat/tokenizer.py ``render_for_completion``: the conversation without its last
+        assistant message is rendered by ``render_conversation``, which keeps its first ``max_tokens``
+        (2048) ids, and ``<|assistant_start|>`` is appended after that cut, so a long prompt yields
+        ``max_tokens + 1`` ids. The conversation must end with a user message once a final assistant
+        message is dropped. The renderer's own ``max_tokens`` (training) does not apply here.
+
+        Args:
+            conversation: a list of messages, or ``{"messages": [...]}``.
+            max_tokens: keep the first this many prompt ids before ``<|assistant_start|>``; None keeps all.
 
         Returns:
-            ``list[int]`` ending in the ``<|assistant_start|>`` id.
+            ``list[int]`` of at most ``max_tokens + 1`` ids, ending in the ``<|assistant_start|>`` id.
 
         Raises:
             ConversationError: the conversation is malformed.
@@ -416,6 +427,8 @@ class ChatRenderer:
         # Validate with a placeholder answer, then render the prompt part only.
         conv = normalize_conversation(msgs + [{"role": "assistant", "content": ""}])[:-1]
         ids = self._stitch([conv])[0][0]
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
         ids.append(self.ids[ASSISTANT_START])
         return ids
 

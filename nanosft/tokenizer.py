@@ -74,8 +74,8 @@ def build_nanochat_tokenizer(tokenizer_dir: str):
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"nanochat tokenizer file not found: {path}. A nanochat tokenizer folder holds tokenizer.tiktoken "
-                "and tokenizer_meta.json (nanochat's tok_train.py writes them; ../shared/data/nanochat_tokenizer "
-                "has one)."
+                "and tokenizer_meta.json (nanochat's tok_train.py writes them; the package ships one: "
+                "pkg://nanosft/resources/data/nanochat_tokenizer)."
             )
     with open(meta_file, encoding="utf-8") as f:
         meta = json.load(f)

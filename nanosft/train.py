@@ -171,10 +171,9 @@ def attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows) -> None:
     from torch.utils.data import DataLoader
 
     from .callbacks import BitsPerByteCallback, ChatCoreCallback
-    from .chatcore import DEFAULT_TASKS
 
     if cfg.chatcore_every and cfg.chatcore_every > 0:
-        ChatCoreCallback(tokenizer, tasks=cfg.chatcore_tasks or DEFAULT_TASKS, every=cfg.chatcore_every,
+        ChatCoreCallback(tokenizer, tasks=cfg.chatcore_tasks, every=cfg.chatcore_every,
                          max_categorical=cfg.chatcore_max_categorical, max_generative=cfg.chatcore_max_generative,
                          max_new_tokens=cfg.chatcore_max_new_tokens, data_dir=cfg.data_dir,
                          allow_weak_sandbox=cfg.allow_weak_sandbox).attach(trainer)

@@ -1,4 +1,10 @@
-"""Shared fixtures: the real offline data folder, the real nanochat tokenizer, tiny models."""
+"""Shared fixtures: the embedded data, the full data folder when present, the real nanochat tokenizer, tiny models.
+
+Tests read the small data embedded in the package (``nanosft/resources/data``), so they run in a bare clone.
+Tests that need the full copies (sizes, whole splits) take ``full_data_dir`` or carry ``needs_full_data``: they
+skip, with the reason, when no full data folder exists (``NANOSFT_DATA_DIR``, else ``../shared/data`` beside the
+repository).
+"""
 
 import os
 import sys
@@ -6,18 +12,29 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.environ.get("NANOSFT_DATA_DIR", os.path.join(REPO, "..", "shared", "data"))
-TOKENIZER_DIR = os.path.join(DATA_DIR, "nanochat_tokenizer")
-
-if not os.path.isdir(DATA_DIR):
-    raise RuntimeError(f"test data folder not found: {DATA_DIR}; set NANOSFT_DATA_DIR to the shared/data folder")
+EMBEDDED_DATA_DIR = os.path.join(REPO, "nanosft", "resources", "data")
+DATA_DIR = EMBEDDED_DATA_DIR  # what tests read unless they need the full data
+TOKENIZER_DIR = os.path.join(EMBEDDED_DATA_DIR, "nanochat_tokenizer")
+_FULL = os.environ.get("NANOSFT_DATA_DIR", os.path.join(REPO, "..", "shared", "data"))
+FULL_DATA_DIR = _FULL if os.path.isdir(_FULL) else None
+NO_FULL_DATA = f"needs the full data folder, not found at {_FULL} (set NANOSFT_DATA_DIR)"
+needs_full_data = pytest.mark.skipif(FULL_DATA_DIR is None, reason=NO_FULL_DATA)
 
 sys.path.insert(0, REPO)
 
 
 @pytest.fixture(scope="session")
 def data_dir():
+    """The embedded data folder (same layout as the full one, a few hundred rows per dataset)."""
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def full_data_dir():
+    """The full data folder; skips the test when there is none."""
+    if FULL_DATA_DIR is None:
+        pytest.skip(NO_FULL_DATA)
+    return FULL_DATA_DIR
 
 
 @pytest.fixture(scope="session")

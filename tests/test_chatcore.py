@@ -11,7 +11,8 @@ import torch
 from nanosft import chatcore
 from nanosft.tasks import DataSourceError
 
-from conftest import DATA_DIR as DATA  # noqa: E402  (the shared data folder, NANOSFT_DATA_DIR)
+from conftest import DATA_DIR as DATA  # noqa: E402  (the embedded data folder)
+from conftest import needs_full_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,23 @@ def tiny_model(tiny_nanochat):
     "task, count",
     [("ARC-Easy", 2376), ("ARC-Challenge", 1172), ("GSM8K", 1319), ("HumanEval", 164), ("SpellingBee", 256)],
 )
-def test_local_task_sizes(task, count):
+def test_full_task_sizes(task, count, full_data_dir):
+    assert len(chatcore.load_problems(task, data_dir=full_data_dir)) == count
+
+
+@pytest.mark.parametrize(
+    "task, count",
+    [("ARC-Easy", 256), ("ARC-Challenge", 256), ("MMLU", 256), ("GSM8K", 256), ("HumanEval", 164),
+     ("SpellingBee", 256)],
+)
+def test_embedded_task_sizes(task, count):
     assert len(chatcore.load_problems(task, data_dir=DATA)) == count
 
 
-def test_mmlu_local_has_all_subjects_and_capping_mixes_them():
-    problems = chatcore.load_problems("MMLU", data_dir=DATA)
+def test_mmlu_local_has_all_subjects_and_capping_mixes_them(full_data_dir):
+    problems = chatcore.load_problems("MMLU", data_dir=full_data_dir)
     assert len(problems) == 14079 and len({p["subject"] for p in problems}) == 57
-    capped = chatcore.load_problems("MMLU", data_dir=DATA, max_problems=50)
+    capped = chatcore.load_problems("MMLU", data_dir=full_data_dir, max_problems=50)
     assert capped == problems[:50]  # a cap is a prefix of the seeded shuffle
     assert len({p["subject"] for p in capped}) > 20  # not the first 50 rows (all abstract_algebra)
 
@@ -82,6 +92,58 @@ def test_gsm8k_and_spellingbee_references():
     for p in s:
         word_count = p["messages"][1]["content"][1]["text"]  # "'<word>'.count('<letter>')"
         assert str(eval(word_count)) == p["reference"]
+
+
+# nanochat's capped subsets: its tasks do ``load_hub_dataset(...).shuffle(seed=42)`` and evaluate rows 0..cap-1
+# (nanochat/tasks/common.py, scripts/chat_eval.py). The independent reference here is Hugging Face
+# ``datasets.Dataset.shuffle(seed=42)``, which nanochat's own shuffle states it reproduces row for row.
+
+
+def nanochat_order(n: int) -> list[int]:
+    import datasets
+
+    return datasets.Dataset.from_dict({"row": list(range(n))}).shuffle(seed=42)["row"]
+
+
+def _source_rows(task: str, data_dir: str) -> list[dict]:
+    return chatcore.get_task(task).load("test", data_dir)  # source order, unshuffled
+
+
+def test_capped_humaneval_is_nanochats_choice():
+    rows = _source_rows("HumanEval", "unused")
+    capped = chatcore.load_problems("HumanEval", data_dir="unused", max_problems=24)
+    assert capped == [rows[i] for i in nanochat_order(164)[:24]]
+    # by hand: the first problems nanochat evaluates (np.random.default_rng(42).permutation(164)[:6])
+    assert [p["task_id"] for p in capped[:6]] == ["HumanEval/52", "HumanEval/134", "HumanEval/51", "HumanEval/66",
+                                                   "HumanEval/147", "HumanEval/101"]
+
+
+@needs_full_data
+@pytest.mark.parametrize("task, cap", [("GSM8K", 24), ("ARC-Easy", 100), ("ARC-Challenge", 100), ("MMLU", 100)])
+def test_capped_subsets_are_nanochats_choice(task, cap, full_data_dir):
+    rows = _source_rows(task, full_data_dir)
+    capped = chatcore.load_problems(task, data_dir=full_data_dir, max_problems=cap)
+    assert capped == [rows[i] for i in nanochat_order(len(rows))[:cap]]
+
+
+@needs_full_data
+def test_gsm8k_first_problem_by_hand(full_data_dir):
+    with open(os.path.join(full_data_dir, "gsm8k", "test.jsonl"), encoding="utf-8") as f:
+        lines = f.readlines()
+    first = chatcore.load_problems("GSM8K", data_dir=full_data_dir, max_problems=1)[0]
+    # numpy.random.default_rng(42).permutation(1319)[0] is row 30 (0-based)
+    assert int(nanochat_order(1319)[0]) == 30
+    assert first["messages"][0]["content"] == json.loads(lines[30])["question"]
+
+
+def test_spellingbee_cap_takes_the_first_examples():
+    # nanochat's SpellingBee draws example i from its own seed and was never shuffled
+    full = chatcore.load_problems("SpellingBee", data_dir=DATA)
+    assert chatcore.load_problems("SpellingBee", data_dir=DATA, max_problems=5) == full[:5]
+    from nanosft.tasks import spellingbee
+
+    words = spellingbee.load_words(DATA)
+    assert full[3]["messages"] == spellingbee.spelling_bee_conversation(words, 3, "test")
 
 
 def test_missing_local_file_names_the_path(tmp_path):
@@ -146,8 +208,53 @@ def test_chatcore_metric_matches_hand_computation():
     out = chatcore.chatcore_metrics(acc)
     assert out["chatcore_metric"] == pytest.approx((0.4 + 0.24 + 0.1333333333 + 0.10 + 0.11 + 0.5) / 6)
     assert out["chatcore_cat"] == pytest.approx((0.4 + 0.24 + 0.1333333333) / 3)
-    assert chatcore.chatcore_metrics({"ARC-Easy": 0.25}) == {"chatcore_metric": 0.0, "chatcore_cat": 0.0}
-    assert chatcore.chatcore_metrics({"GSM8K": 0.2}) == {"chatcore_metric": pytest.approx(0.2)}
+    # nanochat's set: the same five tasks without SpellingBee
+    nano = chatcore.chatcore_metrics(acc, "nanochat")
+    assert nano["chatcore_metric"] == pytest.approx((0.4 + 0.24 + 0.1333333333 + 0.10 + 0.11) / 5)
+    assert nano["chatcore_cat"] == out["chatcore_cat"]
+    # partial sets: no ChatCORE (nanochat prints none); chatcore_cat once all categorical tasks are in
+    assert chatcore.chatcore_metrics({"ARC-Easy": 0.25}) == {}
+    assert chatcore.chatcore_metrics({"GSM8K": 0.2}, "nanochat") == {}
+    assert chatcore.chatcore_metrics({"ARC-Easy": 0.55, "ARC-Challenge": 0.43, "MMLU": 0.35}) == {
+        "chatcore_cat": pytest.approx((0.4 + 0.24 + 0.1333333333) / 3)}
+
+
+def test_spellingbee_weight_differs_between_the_sets():
+    # the example: categorical tasks at chance, GSM8K/HumanEval 0, SpellingBee 0.90
+    acc = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.9}
+    assert chatcore.chatcore_metrics(acc, "nanosft6")["chatcore_metric"] == pytest.approx(0.15)  # 0.9 / 6
+    assert chatcore.chatcore_metrics(acc, "nanochat")["chatcore_metric"] == pytest.approx(0.0)
+
+
+def test_task_sets_resolve_from_names_and_lists():
+    assert chatcore.resolve_tasks(None) == ("nanosft6", chatcore.TASK_SETS["nanosft6"])
+    five = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")
+    assert chatcore.resolve_tasks("nanochat") == ("nanochat", five)
+    assert chatcore.resolve_tasks(["HumanEval", "GSM8K", "MMLU", "ARC-Challenge", "ARC-Easy"])[0] == "nanochat"
+    assert chatcore.resolve_tasks(["GSM8K"]) == ("nanosft6", ("GSM8K",))  # partial
+    with pytest.raises(ValueError, match="nanochat"):
+        chatcore.resolve_tasks("nanochat6")
+    with pytest.raises(ValueError, match="ARC-Easy"):
+        chatcore.resolve_tasks(["ARC-Medium"])
+
+
+def test_run_chatcore_labels_the_set_and_partial_runs(monkeypatch, tokenizer):
+    outcomes = {"ARC-Easy": [True, False], "ARC-Challenge": [False, False], "MMLU": [True, True],
+                "GSM8K": [True, False], "HumanEval": [False, False], "SpellingBee": [True, True]}
+    monkeypatch.setattr(chatcore, "evaluate_task", lambda model, tok, name, probs, **kw: outcomes[name][: len(probs)])
+    problems = {name: [{}, {}] for name in outcomes}
+    model = torch.nn.Linear(1, 1)
+    res = chatcore.run_chatcore(model, tokenizer, "nanochat", problems=problems)
+    assert res["task_set"] == "nanochat" and res["complete"]
+    assert set(res["tasks"]) == set(chatcore.TASK_SETS["nanochat"])
+    centered = [(0.5 - 0.25) / 0.75, -1 / 3, 1.0, 0.5, 0.0]
+    assert res["chatcore_metric"] == pytest.approx(sum(centered) / 5)
+    logs = chatcore.log_metrics(res)
+    assert logs["chatcore_metric/nanochat"] == res["chatcore_metric"] and "chatcore_cat/nanochat" in logs
+    partial = chatcore.run_chatcore(model, tokenizer, ["GSM8K", "ARC-Easy"], problems=problems)
+    assert partial["task_set"] == "nanosft6" and not partial["complete"]
+    assert "chatcore_metric" not in partial and "chatcore_cat" not in partial
+    assert set(chatcore.log_metrics(partial)) == {"chatcore/GSM8K", "chatcore/ARC-Easy"}
 
 
 def test_numeric_answers_are_extracted_and_compared_exactly():
@@ -175,7 +282,7 @@ def test_categorical_accuracy_of_a_constant_model_is_the_share_of_a_answers(toke
     expected = sum(p["messages"][1]["content"] == "A" for p in problems) / 40
     res = chatcore.run_chatcore(AlwaysA(), tokenizer, ["ARC-Easy"], problems={"ARC-Easy": problems}, batch_size=16)
     assert res["tasks"]["ARC-Easy"]["accuracy"] == pytest.approx(expected)
-    assert res["chatcore_metric"] == pytest.approx((expected - 0.25) / 0.75)
+    assert "chatcore_metric" not in res  # one task of six: partial
 
 
 def test_batched_categorical_equals_one_at_a_time(tokenizer, tiny_model):
@@ -220,7 +327,7 @@ def test_run_chatcore_on_a_tiny_model_restores_train_mode(tokenizer, tiny_model)
     assert model.training
     assert {n: r["total"] for n, r in res["tasks"].items()} == {"ARC-Easy": 4, "SpellingBee": 2}
     logs = chatcore.log_metrics(res)
-    assert set(logs) == {"chatcore/ARC-Easy", "chatcore/SpellingBee", "chatcore_metric", "chatcore_cat"}
+    assert set(logs) == {"chatcore/ARC-Easy", "chatcore/SpellingBee"}  # partial: no aggregate
 
 
 # ---------------------------------------------------------------- CLI
@@ -249,10 +356,10 @@ def test_eval_cli_writes_json_and_prints_a_table(tmp_path, tokenizer, capsys, ti
     written = json.loads((ckpt / "chatcore.json").read_text())
     assert written["tasks"].keys() == {"ARC-Easy", "GSM8K"}
     assert all(t["total"] == 3 for t in written["tasks"].values())
-    acc = {n: t["accuracy"] for n, t in written["tasks"].items()}
-    assert written["chatcore_metric"] == pytest.approx(((acc["ARC-Easy"] - 0.25) / 0.75 + acc["GSM8K"]) / 2)
-    assert written["chatcore_metric"] == pytest.approx(results["chatcore_metric"])
+    assert written["task_set"] == "nanosft6" and written["complete"] is False
+    assert "chatcore_metric" not in written and "chatcore_metric" not in results
     table = capsys.readouterr().out
     rows = [line.split()[0] for line in table.strip().splitlines()]
-    assert rows[-4:] == ["ARC-Easy", "GSM8K", "chatcore_cat", "chatcore_metric"]
+    assert rows[-3:] == ["ARC-Easy", "GSM8K", "partial:"]
+    assert "partial: 2 of the 6 tasks of set nanosft6; no ChatCORE" in table
     assert not [f for f in os.listdir(ckpt) if f.startswith(".chatcore.")]  # no temp file left

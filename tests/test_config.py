@@ -49,8 +49,8 @@ def test_unknown_dataset_name_and_key_are_rejected(tmp_path):
 
 def test_set_overrides_single_keys_and_is_validated(tmp_path):
     path = write(tmp_path, BASE.format(out=tmp_path))
-    cfg = load_config(path, ["max_steps=3", "attention=causal", "data_dir=/x"])
-    assert (cfg.max_steps, cfg.attention, cfg.data_dir) == (3, "causal", "/x")
+    cfg = load_config(path, ["max_steps=3", "attention=causal", f"data_dir={tmp_path}"])
+    assert (cfg.max_steps, cfg.attention, cfg.data_dir) == (3, "causal", str(tmp_path))
     with pytest.raises(ConfigError, match="--set: unknown key 'max_stepz'"):
         load_config(path, ["max_stepz=3"])
     with pytest.raises(ConfigError, match="expected key=value"):
@@ -87,10 +87,47 @@ def test_missing_data_fails_before_the_model_loads(tmp_path, monkeypatch):
         raise AssertionError("model loaded before data were checked")
 
     monkeypatch.setattr(train, "load_model", boom)
-    tok = os.path.join(REPO, "..", "shared", "data", "nanochat_tokenizer")
+    tok = os.path.join(REPO, "nanosft", "resources", "data", "nanochat_tokenizer")
     path = write(tmp_path, BASE.format(out=tmp_path / "out") + f"tokenizer_name_or_path: {tok}\ndata_dir: {tmp_path}\n")
     with pytest.raises(DataSourceError, match="train.jsonl"):
         train.main(["--config", path])
+
+
+def test_missing_data_dir_or_tokenizer_path_is_one_line_naming_key_and_path(tmp_path, monkeypatch):
+    path = write(tmp_path, BASE.format(out=tmp_path))
+    missing = str(tmp_path / "nope")
+    with pytest.raises(ConfigError, match=f"data_dir: folder not found: {missing}$"):
+        load_config(path, [f"data_dir={missing}"])
+    monkeypatch.chdir(tmp_path)  # a relative path is named with the working directory it was resolved from
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["tokenizer_name_or_path=../shared/data/nanochat_tokenizer"])
+    assert str(e.value).endswith(f"tokenizer_name_or_path: path not found: ../shared/data/nanochat_tokenizer "
+                                 f"(relative to the working directory {tmp_path})")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="data_dir: pkg://nanosft/no_such_folder: .* does not exist"):
+        load_config(path, ["data_dir=pkg://nanosft/no_such_folder"])
+    # a Hub id is left to the Hub; pkg:// resolves inside the installed package, from any working directory
+    cfg = load_config(path, ["tokenizer_name_or_path=HuggingFaceTB/SmolLM2-135M",
+                             "data_dir=pkg://nanosft/resources/data"])
+    assert cfg.tokenizer_name_or_path == "HuggingFaceTB/SmolLM2-135M"
+    assert os.path.samefile(cfg.data_dir, os.path.join(REPO, "nanosft", "resources", "data"))
+
+
+def test_tiny_config_reads_the_embedded_data_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(os.path.join(REPO, "configs", "tiny.yaml"), [f"output_dir={tmp_path}"])
+    assert os.path.isfile(os.path.join(cfg.tokenizer_name_or_path, "tokenizer.tiktoken"))
+    assert os.path.isfile(os.path.join(cfg.data_dir, "gsm8k", "train.jsonl"))
+
+
+def test_chatcore_tasks_takes_a_set_name_or_task_names(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path))
+    assert load_config(path, ["chatcore_tasks=nanochat"]).chatcore_tasks == "nanochat"
+    assert load_config(path, ["chatcore_tasks=[GSM8K, MMLU]"]).chatcore_tasks == ["GSM8K", "MMLU"]
+    with pytest.raises(ConfigError, match="chatcore_tasks: unknown ChatCORE task set 'nanochat5'"):
+        load_config(path, ["chatcore_tasks=nanochat5"])
+    with pytest.raises(ConfigError, match="chatcore_tasks: unknown ChatCORE task 'GSM9K'"):
+        load_config(path, ["chatcore_tasks=[GSM9K]"])
 
 
 @pytest.mark.parametrize("name,dim,rows", [("d12", 768, 32), ("d20", 1280, 16)])

@@ -130,10 +130,12 @@ def test_check_supervision_refuses_no_supervised_assistant_end(nanochat_tokenize
         check_supervision(_rendered([(ids, mask)]), nanochat_tokenizer)
 
 
-def test_max_rows_is_a_seeded_subset_across_mmlu_subjects(data_dir):
+def test_max_rows_is_a_seeded_subset_across_mmlu_subjects(full_data_dir):
     """MMLU's local files are sorted by subject: the first 160 val rows cover 11 subjects and answer D 33%
-    of the time (52/160). ``max_rows`` must draw from the whole split instead."""
+    of the time (52/160). ``max_rows`` must draw from the whole split instead (full data: 1,542 val rows)."""
     import collections
+
+    data_dir = full_data_dir
 
     from nanosft.tasks import mmlu
 

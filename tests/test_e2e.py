@@ -51,8 +51,9 @@ def test_tiny_run_loss_falls_and_is_shown_with_progress(tiny_run):
     assert "it/s]" in proc.stderr or "s/it]" in proc.stderr  # tqdm progress bar
     assert any("eval_loss" in h for h in history)
     assert any("val_bpb" in h for h in history)  # BitsPerByteCallback at the eval cadence
-    final = [h for h in history if "chatcore_metric" in h]
-    assert final and {"chatcore/ARC-Easy", "chatcore/GSM8K", "chatcore/SpellingBee", "chatcore_cat"} <= set(final[-1])
+    final = [h for h in history if "chatcore_metric/nanosft6" in h]  # the default six-task set, named in the key
+    assert final and {"chatcore/ARC-Easy", "chatcore/GSM8K", "chatcore/SpellingBee", "chatcore/HumanEval",
+                      "chatcore_cat/nanosft6"} <= set(final[-1])
 
 
 def test_checkpoint_loads_and_generates_without_nanosft(tiny_run):

@@ -119,11 +119,16 @@ def test_card_has_the_chatcore_table(tmp_path):
 
     args = NanoSFTConfig(output_dir=str(tmp_path), model_name_or_path="karpathy/nanochat-d20", report_to="none")
     history = [{"loss": 1.0, "step": 1},
-               {"val_bpb": 0.91, "chatcore/ARC-Easy": 0.4, "chatcore/GSM8K": 0.05, "chatcore_metric": 0.12, "step": 200}]
+               {"val_bpb": 0.91, "chatcore/ARC-Easy": 0.4, "chatcore/GSM8K": 0.05, "chatcore_metric/nanochat": 0.12,
+                "step": 200}]
     trainer = SimpleNamespace(args=args, state=SimpleNamespace(log_history=history, global_step=200, max_steps=400),
                               hub_model_id=None, _tokens_seen=[1000, 600], base_model_path=None)
     card = build_model_card(trainer)
     assert "base_model: karpathy/nanochat-d20" in card
     assert "| ARC-Easy | 0.4000 | 0.2000 |" in card  # centered: (0.4 - 0.25) / 0.75
-    assert "| GSM8K | 0.0500 | 0.0500 |" in card and "| **chatcore_metric** | | **0.1200** |" in card
+    assert "| GSM8K | 0.0500 | 0.0500 |" in card and "| **chatcore_metric (nanochat)** | | **0.1200** |" in card
     assert "val_bpb: 0.9100 (step 200)" in card
+    history[-1].pop("chatcore_metric/nanochat")  # a partial run: per-task rows only, and the card says so
+    card = build_model_card(trainer)
+    assert "| ARC-Easy | 0.4000 | 0.2000 |" in card and "partial task set: no ChatCORE" in card
+    assert "chatcore_metric" not in card

@@ -21,8 +21,8 @@ def _history():
                      "num_tokens": 512 * step, "num_supervised_tokens": 300 * step})
         if step % 5 == 0:
             hist.append({"step": step, "eval_loss": 2.5 - 0.1 * step, "val_bpb": 1.5 - 0.05 * step})
-    hist[-2].update({"chatcore/ARC-Easy": 0.5, "chatcore/SpellingBee": 0.25, "chatcore_metric": 0.29,
-                     "chatcore_cat": 0.3333})
+    hist[-2].update({"chatcore/ARC-Easy": 0.5, "chatcore/SpellingBee": 0.25, "chatcore_metric/nanosft6": 0.29,
+                     "chatcore_cat/nanosft6": 0.3333})
     hist.append({"step": 10, "train_runtime": 20.0})
     return hist
 
@@ -45,7 +45,7 @@ def run_dir(tmp_path):
     (tmp_path / "chatcore_base.json").write_text(json.dumps({
         "tasks": {"ARC-Easy": {"accuracy": 0.4, "total": 100, "correct": 40, "kind": "categorical", "baseline": 0.25},
                   "SpellingBee": {"accuracy": 0.0, "total": 32, "correct": 0, "kind": "generative", "baseline": 0.0}},
-        "chatcore_metric": 0.1, "chatcore_cat": 0.2}))
+        "task_set": "nanosft6", "chatcore_metric": 0.1, "chatcore_cat": 0.2}))
     return tmp_path
 
 
@@ -64,7 +64,29 @@ def test_report_has_the_tables_and_valid_pngs(run_dir):
     # before/after: n from chatcore_base.json; noise = sqrt((.4*.6 + .5*.5) / 100)
     assert "| ARC-Easy | 100 | 0.4000 | 0.5000 | +0.1000 | 0.0700 |" in text
     assert "| SpellingBee | 32 | 0.0000 | 0.2500 | +0.2500 | 0.0765 |" in text
-    assert "| **chatcore_metric** (centered) | | 0.1000 | 0.2900 | +0.1900 | |" in text
+    assert "| **chatcore_metric/nanosft6** (centered) | | 0.1000 | 0.2900 | +0.1900 | |" in text
+
+
+def test_chatcore_plot_title_mentions_step_0_only_with_a_base_model_point(tmp_path, monkeypatch):
+    from nanosft import report
+
+    titles = {}
+    monkeypatch.setattr(report, "_plot", lambda path, curves, ylabel, title, logy=False: titles.setdefault(
+        os.path.basename(path), (title, [c[1][0] for c in curves if c[1]])))
+    report.make_plots(str(tmp_path), _history(), before={})
+    title, first_steps = titles["chatcore.png"]
+    assert title == "ChatCORE over steps" and 0 not in first_steps
+    titles.clear()
+    report.make_plots(str(tmp_path), _history(), before={"tasks": {"ARC-Easy": (0.4, 100)}})
+    title, first_steps = titles["chatcore.png"]
+    assert title == "ChatCORE over steps (step 0: base model)" and 0 in first_steps
+
+
+def test_partial_run_is_labelled_and_has_no_chatcore_row():
+    after = {"tasks": {"GSM8K": (0.1, 24)}, "task_set": "nanochat", "complete": False}
+    rows = chatcore_table({}, after)
+    assert rows[-1].startswith("| partial: 1 of the 5 tasks of set nanochat, no ChatCORE")
+    assert not [r for r in rows if "chatcore_metric" in r]
 
 
 def test_chatcore_table_uses_the_config_caps_when_no_counts_are_known():

@@ -196,6 +196,21 @@ def test_render_for_completion_drops_last_assistant_and_appends_assistant_start(
     assert renderer.render_for_completion({"messages": conv}) == expected
 
 
+def test_render_for_completion_truncates_the_prompt_like_nanochat(renderer, tk):
+    # nanochat/tokenizer.py: render_conversation(prompt) keeps its first max_tokens=2048 ids, then
+    # <|assistant_start|> is appended: 2049 ids, the cut inside the user text, no <|user_end|>
+    long_text = " ".join(f"w{i}" for i in range(3000))
+    conv = [{"role": "user", "content": long_text}, {"role": "assistant", "content": "ok"}]
+    full, _ = build(tk, [(BOS, 0), (US, 0), (long_text, 0), (UE, 0)])
+    assert len(full) > 2048
+    ids = renderer.render_for_completion(conv)
+    assert ids == full[:2048] + [AS]
+    assert renderer.render_for_completion(conv, max_tokens=10) == full[:10] + [AS]
+    assert renderer.render_for_completion(conv, max_tokens=None) == full + [AS]
+    short = [{"role": "user", "content": "hi"}]
+    assert renderer.render_for_completion(short) == build(tk, [(BOS, 0), (US, 0), ("hi", 0), (UE, 0), (AS, 0)])[0]
+
+
 def test_render_for_completion_equals_jinja_generation_prompt(renderer, nanochat_tokenizer):
     conv = [{"role": "user", "content": "Spell 'cat'"}, {"role": "assistant", "content": "c,a,t"},
             {"role": "user", "content": "Now 'dog' 🐶"}]

@@ -66,7 +66,7 @@ def test_special_token_ids_follow_the_bpe_ranks(nanochat_tokenizer):
 
 
 def test_hf_tokenizer_encodes_like_tiktoken_encode_ordinary(nanochat_tokenizer, tk, real_texts):
-    assert len(real_texts) > 3000
+    assert len(real_texts) > 2500  # from the embedded data
     expected = tk.encode_ordinary_batch(real_texts, num_threads=1)
     ordinary = ordinary_encoder(nanochat_tokenizer)
     assert [e.ids for e in ordinary.encode_batch(real_texts, add_special_tokens=False)] == expected

@@ -89,7 +89,7 @@ CONFIG_CASES = {
     "unknown key": ({"learning_rte": 0.1}, ["unknown key 'learning_rte'", "learning_rate", "c.yaml"]),
     "wrong type": ({"max_steps": "ten"}, ["'max_steps' expects int", "c.yaml"]),
     "unknown dataset": ({"datasets": [{"name": "gsm9k"}]}, ["unknown dataset name 'gsm9k'", "datasets[0]"]),
-    "unknown ChatCORE task": ({"chatcore_tasks": ["ARC-Hard"]}, ["unknown task(s) ['ARC-Hard']"]),
+    "unknown ChatCORE task": ({"chatcore_tasks": ["ARC-Hard"]}, ["unknown ChatCORE task 'ARC-Hard'"]),
     "missing data file": ({"datasets": [{"name": "jsonl", "path": "/nonexistent/x.jsonl"}]},
                           ["data file not found: /nonexistent/x.jsonl", "`path:`"]),
     "missing model folder": ({"model_config": None, "model_name_or_path": "runs/nope",

@@ -1,7 +1,8 @@
 """Datasets as tasks, one module each (nanochat/tasks/): training conversations and eval problems.
 
-Every loader reads from a local ``data_dir`` when one is given (the formats of ``../shared/data``,
-see its README) and from the Hugging Face Hub otherwise, so the same YAML works offline and online.
+Every loader reads from a local ``data_dir`` when one is given (the layout of the embedded copy,
+``nanosft/resources/data/README.md``) and from the Hugging Face Hub otherwise, so the same YAML works
+offline and online.
 A missing local file raises ``DataSourceError`` naming the path and how to obtain the data.
 
 Positions in messages: a file's rows are named by their 1-based line number, a Hub dataset's by its
@@ -119,5 +120,6 @@ def load_hub(repo_id: str, *args, split: str, **kwargs):
     except Exception as e:  # network, auth, missing split: all end the same way for the user
         raise DataSourceError(
             f"could not load Hub dataset {repo_id!r} (split {split!r}): {type(e).__name__}: {e}; "
-            f"offline, set {option('data_dir')} to a folder with the local copies"
+            f"offline, set {option('data_dir')} to a folder with local copies (layout: "
+            "nanosft/resources/data/README.md; pkg://nanosft/resources/data is the small embedded copy)"
         ) from e

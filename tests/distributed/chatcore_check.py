@@ -17,7 +17,7 @@ from transformers import NanoChatConfig, NanoChatForCausalLM
 from nanosft import chatcore
 from nanosft.tokenizer import build_nanochat_tokenizer
 
-DATA = os.environ.get("NANOSFT_DATA_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "nanosft", "resources", "data")  # embedded
 
 
 def main():
