@@ -175,3 +175,91 @@ def test_saved_model_loads_with_trust_remote_code_without_nanosft(converted, ref
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, timeout=300)
     logits = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(logits, reference["logits"][:, :40], rtol=0, atol=1e-4)
+
+
+# ----- nanochat's optimizer groups and warm start from its real optim_<step>_rank<r>.pt
+
+BASE = os.path.join(FIXTURE, "base_checkpoints", "d4")
+# nanochat's parameter order in the file (nanochat/gpt.py setup_optimizer), written out by hand for depth 4:
+# lm_head, wte, value_embeds (layers 1, 3), resid, x0, smear gate/lambda, backout; then Muon groups by shape.
+FILE_ORDER = ["lm_head.weight", "model.embed_tokens.weight", "model.value_embeds.1.weight",
+              "model.value_embeds.3.weight", "model.resid_lambdas", "model.x0_lambdas", "model.smear_gate.weight",
+              "model.smear_lambda", "model.backout_lambda"]
+MUON_STACKS = {  # first param index in the file -> our names, stacked in this order
+    9: [f"model.layers.{i}.self_attn.ve_gate.weight" for i in (1, 3)],
+    11: [f"model.layers.{i}.self_attn.{m}_proj.weight" for i in range(4) for m in "qkvo"],
+    27: [f"model.layers.{i}.mlp.fc2.weight" for i in range(4)],
+    31: [f"model.layers.{i}.mlp.fc1.weight" for i in range(4)],
+}
+
+
+def nanochat_optimizer(model, **kw):
+    from nanosft.muon import build_optimizer
+
+    # the fixture's base_train settings (meta user_config); init_lr_frac 1 to compare with the file's LRs
+    args = dict(embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, init_lr_frac=1.0)
+    return build_optimizer(model, **{**args, **kw})
+
+
+def test_optimizer_groups_equal_nanochats_table(converted):
+    saved = torch.load(os.path.join(BASE, "optim_000003_rank0.pt"), map_location="cpu", weights_only=True)
+    opt = nanochat_optimizer(load(converted), weight_decay=0.1)
+    groups = {g["name"]: g for g in opt.param_groups}
+    names = ["unembedding", "embedding", "value_embedding", "resid_lambda", "x0_lambda", "smear"]
+    adam_saved = [g for g in saved["param_groups"] if g["kind"] == "adamw"]
+    for name, ref in zip(names, adam_saved):  # nanochat's own settings, as it saved them
+        g = groups[name]
+        assert g["kind"] == "adamw" and abs(g["lr"] - ref["lr"]) < 1e-12, name
+        assert tuple(g["betas"]) == tuple(ref["betas"]) and g["eps"] == ref["eps"], name
+        assert g["weight_decay"] == ref["weight_decay"], name
+        assert [FILE_ORDER[i] for i in ref["params"]] == g["param_names"], name
+    muon = groups["matrix"]
+    assert muon["kind"] == "muon" and muon["lr"] == 0.02 and muon["weight_decay"] == 0.1 and muon["beta2"] == 0.9
+    assert (muon["momentum_start"], muon["momentum"], muon["momentum_warmup_steps"]) == (0.85, 0.95, 300)
+    assert sorted(muon["param_names"]) == sorted(n for names_ in MUON_STACKS.values() for n in names_)
+    assert "scalar" not in groups  # every 1-D parameter has its nanochat group
+
+
+def test_muon_momentum_ramps_over_300_steps():
+    from nanosft.muon import momentum_at
+
+    assert momentum_at(0) == pytest.approx(0.85) and momentum_at(150) == pytest.approx(0.90)
+    assert momentum_at(300) == pytest.approx(0.95) and momentum_at(1000) == pytest.approx(0.95)
+
+
+def test_warm_start_holds_exactly_the_files_buffers(converted):
+    from nanosft.warm_start import load_warm_start
+
+    saved = torch.load(os.path.join(BASE, "optim_000003_rank0.pt"), map_location="cpu", weights_only=True)
+    model = load(converted)
+    opt = nanochat_optimizer(model, init_lr_frac=0.8)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert load_warm_start(opt, BASE, model=model)
+    assert [g["lr"] for g in opt.param_groups] == lrs  # the SFT LRs are kept
+    params = dict(model.named_parameters())
+    for i, name in enumerate(FILE_ORDER):
+        state = opt.state[params[name]]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], saved["state"][i][key]), (name, key)
+        assert float(state["step"]) == 3
+    for first, names in MUON_STACKS.items():
+        for k, name in enumerate(names):
+            state = opt.state[params[name]]
+            assert torch.equal(state["momentum_buffer"], saved["state"][first]["momentum_buffer"][k]), name
+            assert torch.equal(state["second_momentum_buffer"],
+                               saved["state"][first]["second_momentum_buffer"][k]), name
+
+
+def test_warm_start_refuses_mismatched_shapes_naming_them(converted, tmp_path):
+    from nanosft.warm_start import load_warm_start
+
+    saved = torch.load(os.path.join(BASE, "optim_000003_rank0.pt"), map_location="cpu", weights_only=True)
+    saved["state"][4]["exp_avg"] = torch.zeros(5)  # resid_lambdas of a depth-5 model
+    saved["state"][27]["momentum_buffer"] = torch.zeros(4, 128, 256)  # a narrower MLP
+    torch.save(saved, tmp_path / "optim_000003_rank0.pt")
+    model = load(converted)
+    with pytest.raises(ValueError) as e:
+        load_warm_start(nanochat_optimizer(model), str(tmp_path), model=model)
+    assert "model.resid_lambdas: the file's exp_avg has shape (5,)" in str(e.value)
+    assert "Muon group of shape (128, 256)" in str(e.value)
+    assert "Muon matrices of shape (128, 512)" in str(e.value)
