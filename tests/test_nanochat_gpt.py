@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nanosft  # noqa: F401  registers model_type nanochat_gpt with the Auto classes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(os.environ.get("NANOSFT_DATA_DIR", os.path.join(REPO, "..", "shared", "data")), "..",
                        "fixtures", "nanochat-head-d4")
@@ -263,3 +265,46 @@ def test_warm_start_refuses_mismatched_shapes_naming_them(converted, tmp_path):
     assert "model.resid_lambdas: the file's exp_avg has shape (5,)" in str(e.value)
     assert "Muon group of shape (128, 256)" in str(e.value)
     assert "Muon matrices of shape (128, 512)" in str(e.value)
+
+
+# ----- end to end: nanochat's base_checkpoints/d4 -> 4 SFT steps -> a Hub-ready folder loadable without nanosft
+
+def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_dir):
+    import yaml
+
+    out = tmp_path / "run"
+    config = {"model_name_or_path": BASE, "data_dir": data_dir,
+              "datasets": [{"name": "identity", "max_rows": 24}, {"name": "spellingbee", "size": 24}],
+              "max_length": 256, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 4,
+              "optimizer": "muon", "load_optimizer": True, "save_steps": 4, "eval_strategy": "no",
+              "chatcore_every": 0, "report_to": "none", "output_dir": str(out), "seed": 0}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": REPO}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    proc = subprocess.run([accelerate, "launch", "--num_processes", "1", "-m", "nanosft.train", "--config",
+                           str(tmp_path / "run.yaml")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "warm-started 35/35 parameters" in proc.stderr, proc.stderr[-3000:]
+    assert {"modeling_nanochat_gpt.py", "configuration_nanochat_gpt.py"} <= set(os.listdir(out))
+
+    trained = load(str(out))
+    base = load(os.path.join(str(out), "_nanochat_base"))
+    ids = torch.tensor([[2039, 2040, 1442, 309, 32, 1038, 1564, 32, 55, 63, 2041, 2042]])
+    with torch.no_grad():
+        expected = trained(ids, use_cache=False).logits
+        assert (expected - base(ids, use_cache=False).logits).abs().max() > 1e-4  # 4 steps changed the model
+    torch.save(ids, tmp_path / "ids.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["nanosft"] = None
+        import torch
+        from transformers import AutoModelForCausalLM
+        m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True, dtype=torch.float32).eval()
+        with torch.no_grad():
+            torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r}), use_cache=False).logits, {str(tmp_path / 'o.pt')!r})
+    """)
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, timeout=300)
+    torch.testing.assert_close(torch.load(tmp_path / "o.pt"), expected, rtol=0, atol=0)
