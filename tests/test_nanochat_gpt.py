@@ -308,3 +308,13 @@ def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_di
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, timeout=300)
     torch.testing.assert_close(torch.load(tmp_path / "o.pt"), expected, rtol=0, atol=0)
+
+
+@pytest.mark.distributed  # ~1 min on 2 CPU cores
+def test_deepspeed_zero2_two_processes_assign_optimizer_kinds_by_name():
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "TORCH_COMPILE_DISABLE": "1"}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port", "29541",
+           os.path.join(REPO, "tests", "distributed", "nanochat_gpt_ds_check.py")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "NANOCHAT_GPT_DS_OK" in result.stdout
