@@ -340,6 +340,21 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.post_init()
 
+    def estimate_flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), nanochat's ``GPT.estimate_flops`` (PaLM, arXiv:2204.02311
+        appendix B): 6 x the weights of every ``nn.Linear`` (embedding lookups excluded) + 12 x heads x head_dim x
+        min(window, seq_len) per layer for q k^T and the weighted sum over values.
+
+        Args:
+            seq_len: the training row length T (default ``max_position_embeddings``).
+        """
+        c = self.config
+        t = seq_len or c.max_position_embeddings
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        head_dim = c.hidden_size // c.num_attention_heads
+        windows = [c.sliding_window - 1 if kind == "sliding_attention" else t for kind in c.layer_types]
+        return 6 * matmul + sum(12 * c.num_attention_heads * head_dim * min(w, t) for w in windows)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
