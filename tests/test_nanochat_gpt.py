@@ -286,6 +286,8 @@ def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_di
                            str(tmp_path / "run.yaml")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "warm-started 35/35 parameters" in proc.stderr, proc.stderr[-3000:]
+    # nanochat's meta: LRs and total_batch_size inherited (the config sets max_length and the micro-batch)
+    assert "total_batch_size = 1024 (inherited from" in proc.stderr and "embedding_lr = 0.2 (inherited" in proc.stderr
     assert {"modeling_nanochat_gpt.py", "configuration_nanochat_gpt.py"} <= set(os.listdir(out))
 
     trained = load(str(out))
