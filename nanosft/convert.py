@@ -1,25 +1,30 @@
-"""nanochat base checkpoint -> Hugging Face NanoChat checkpoint, with nothing dropped silently.
+"""nanochat base checkpoint -> Hugging Face checkpoint, lossless, with nothing dropped silently.
 
     python -m nanosft.convert <nanochat_ckpt_dir> <out_dir> [--step N] [--tokenizer-dir DIR] [--dtype ...]
 
 Input: nanochat's ``base_checkpoints/<tag>/`` folder (``model_<step>.pt`` state dict, ``meta_<step>.json``
-with ``model_config`` {sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd} and ``user_config``)
-and a nanochat tokenizer folder (``tokenizer.tiktoken`` + ``tokenizer_meta.json``, or nanochat's
-``tokenizer.pkl``). Output: ``NanoChatForCausalLM`` safetensors + config, the tokenizer with the nanochat
-chat template, and the meta json (so ``nanosft.schedule`` can inherit the base LRs).
+with ``model_config`` {sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd[, window_pattern]} and
+``user_config``) and a nanochat tokenizer folder (``tokenizer.tiktoken`` + ``tokenizer_meta.json``, or nanochat's
+``tokenizer.pkl``). Output: safetensors + config, the tokenizer with the nanochat chat template and special
+tokens, and the meta json (so ``nanosft.schedule`` can inherit the base LRs, T and batch sizes).
 
-Design: a strict key map (nanochat/gpt.py, Oct 2025 -> transformers' port):
-``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->
-``model.layers.{i}.self_attn.{q,k,v,o}_proj``; ``mlp.c_fc``/``mlp.c_proj`` -> ``mlp.fc1``/``fc2``;
-``lm_head`` -> ``lm_head``. Every key must map and every target must be filled, else
-``UnsupportedCheckpointError`` lists the tensors (value embeddings, gates, residual/x0 lambdas of newer
-nanochat) or features (sliding-window attention patterns) the port lacks. transformers'
-``convert_nanochat_checkpoints.py`` (not shipped in the wheel) instead prints "Skipped N legacy entries" and
-converts anyway - a model that silently computes something else.
+Two generations of nanochat's GPT, told apart by the tensors and the meta (``checkpoint_generation``):
 
-Numerics match nanochat's forward: relu^2 MLP, RoPE (theta 10000) then QK RMSNorm, norm after the
-embedding, softcap 15, untied head; ``rms_norm_eps`` is float32's machine epsilon, what nanochat's
-``F.rms_norm(x, (d,))`` uses in fp32. ``pad_token_id`` is None so no embedding row is frozen.
+- current (2026: value embeddings + gates, residual/x0 lambdas, smear, backout, sliding windows, rotary base
+  100,000, q/k x 1.2): nanosft's ``NanoChatGPTForCausalLM`` (``nanosft/models/nanochat_gpt``), key map in
+  ``map_current_state_dict``. The folder ships the model's configuration/modeling files and an ``auto_map``:
+  ``trust_remote_code=True`` loads it where nanosft is not installed.
+- October 2025 (none of those tensors, all-L windows): transformers' ``NanoChatForCausalLM``, no remote code.
+  Key map ``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->
+  ``model.layers.{i}.self_attn.{q,k,v,o}_proj``; ``mlp.c_fc``/``mlp.c_proj`` -> ``mlp.fc1``/``fc2``;
+  ``lm_head`` -> ``lm_head``. Numerics of that nanochat version (checked against its nanochat/gpt.py):
+  relu^2 MLP, RoPE theta 10,000 then QK RMSNorm with no q/k scale, norm after the embedding, softcap 15,
+  untied head; ``rms_norm_eps`` is float32's machine epsilon, what ``F.rms_norm(x, (d,))`` uses in fp32.
+
+Every key must map and every target must be filled, else ``UnsupportedCheckpointError`` names each tensor
+(with its shape) and feature that has no place. transformers' ``convert_nanochat_checkpoints.py`` (not shipped
+in the wheel) instead prints "Skipped N legacy entries" and converts anyway - a model that silently computes
+something else.
 """
 
 from __future__ import annotations
