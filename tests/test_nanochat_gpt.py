@@ -75,6 +75,18 @@ def test_cached_decode_equals_full_forward_past_the_window(converted, reference,
     assert (step_logits - full[:, 149:-1]).abs().max().item() < 1e-4
 
 
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(converted, reference):
+    """nanosft's ChatCORE engine batches left-padded prompts: padding must not smear into the first real token."""
+    model = load(converted)
+    prompts = [reference["input_ids"][0, :20].tolist(), reference["input_ids"][1, :9].tolist()]
+    alone = [model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[0, len(p):].tolist()
+             for p in prompts]
+    ids = torch.tensor([prompts[0], [0] * 11 + prompts[1]])
+    mask = torch.tensor([[1] * 20, [0] * 11 + [1] * 9])
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert out[:, 20:].tolist() == alone
+
+
 def _packed(reference, lens, attention):
     from nanosft.packing import PackedCollator
 
