@@ -20,6 +20,11 @@ information crosses a boundary. With positions 0..T-1 across the row this is nan
 Attention goes through transformers' attention interface: ``eager`` (below, the readable reference), ``sdpa``,
 ``flash_attention_2/3`` (window passed as ``sliding_window``; packed rows as ``cu_seq_lens``).
 
+KV cache: transformers' ``DynamicCache`` built from ``layer_types``/``sliding_window`` (sliding layers keep only
+their window). The smear at decode needs the previous token's normalized embedding: the forward keeps it on
+the cache object (``nanochat_prev_embedding``), as nanochat's ``KVCache.prev_embedding``. Beam search reorders
+the cache's layers but not that tensor: use greedy or sampling (``num_return_sequences`` works).
+
 This file is shipped next to every checkpoint (``auto_map``); it imports only torch and transformers.
 """
 
