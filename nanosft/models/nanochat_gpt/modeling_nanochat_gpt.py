@@ -22,8 +22,8 @@ Attention goes through transformers' attention interface: ``eager`` (below, the 
 
 KV cache: transformers' ``DynamicCache`` built from ``layer_types``/``sliding_window`` (sliding layers keep only
 their window). The smear at decode needs the previous token's normalized embedding: the forward keeps it on
-the cache object (``nanochat_prev_embedding``), as nanochat's ``KVCache.prev_embedding``. Beam search reorders
-the cache's layers but not that tensor: use greedy or sampling (``num_return_sequences`` works).
+the cache object (``nanochat_prev_embedding``), as nanochat's ``KVCache.prev_embedding``; beam search reorders
+it with the layers (``_reorder_cache``).
 
 This file is shipped next to every checkpoint (``auto_map``); it imports only torch and transformers.
 """
@@ -359,6 +359,15 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
         head_dim = c.hidden_size // c.num_attention_heads
         windows = [c.sliding_window - 1 if kind == "sliding_attention" else t for kind in c.layer_types]
         return 6 * matmul + sum(12 * c.num_attention_heads * head_dim * min(w, t) for w in windows)
+
+    @staticmethod
+    def _reorder_cache(cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: reorder the KV cache and the smear's previous-token embedding alike (rows = beams)."""
+        cache.reorder_cache(beam_idx)
+        prev = getattr(cache, PREV_EMBEDDING_ATTR, None)
+        if prev is not None:
+            setattr(cache, PREV_EMBEDDING_ATTR, prev.index_select(0, beam_idx.to(prev.device)))
+        return cache
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
