@@ -83,7 +83,7 @@ def checkpoint_generation(state: dict[str, torch.Tensor], meta: dict) -> str:
     return "nanochat-2025"
 
 
-def map_current_state_dict(state: dict[str, torch.Tensor], meta: dict) -> tuple[dict[str, torch.Tensor], "NanoChatGPTConfig"]:
+def map_current_state_dict(state: dict[str, torch.Tensor], meta: dict) -> tuple[dict[str, torch.Tensor], object]:
     """Rename a current nanochat GPT state dict to ``NanoChatGPTForCausalLM``'s and build its ``NanoChatGPTConfig``.
 
     Key map: ``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->

@@ -137,7 +137,8 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
 
 # nanochat meta keys (scripts/base_train.py save_checkpoint meta) -> nanosft config keys; chat_sft.py inherits
 # max_seq_len, device_batch_size and total_batch_size from the base checkpoint unless overridden.
-BATCH_SHAPE_KEYS = {"max_length": ("max_seq_len", "sequence_len"), "per_device_train_batch_size": ("device_batch_size",),
+BATCH_SHAPE_KEYS = {"max_length": ("max_seq_len", "sequence_len"),
+                    "per_device_train_batch_size": ("device_batch_size",),
                     "total_batch_size": ("total_batch_size",)}
 
 

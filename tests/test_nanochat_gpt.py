@@ -198,7 +198,8 @@ def test_saved_model_loads_with_trust_remote_code_without_nanosft(converted, ref
         m = AutoModelForCausalLM.from_pretrained({converted!r}, trust_remote_code=True, dtype=torch.float32).eval()
         assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
         with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r}), use_cache=False).logits, {str(tmp_path / 'out.pt')!r})
+            logits = m(torch.load({str(tmp_path / 'ids.pt')!r}), use_cache=False).logits
+        torch.save(logits, {str(tmp_path / 'out.pt')!r})
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")

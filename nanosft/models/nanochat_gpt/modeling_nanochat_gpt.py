@@ -106,7 +106,8 @@ class NanoChatGPTRotaryEmbedding(nn.Module):
 
     @staticmethod
     def compute_default_rope_parameters(config: NanoChatGPTConfig, *args, **kwargs) -> tuple[torch.Tensor, float]:
-        """inv_freq [head_dim / 2] float32 for base ``config.rope_theta`` (nanochat ``_precompute_rotary_embeddings``)."""
+        """inv_freq [head_dim / 2] float32 for base ``config.rope_theta``
+        (nanochat ``GPT._precompute_rotary_embeddings``)."""
         dim = config.hidden_size // config.num_attention_heads
         return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)), 1.0
 
@@ -147,7 +148,8 @@ class NanoChatGPTAttention(nn.Module):
         k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
         if self.ve_gate is not None and value_embedding is not None:  # value residual (ResFormer), per kv head
-            gate = self.config.ve_gate_scale * torch.sigmoid(self.ve_gate(hidden_states[..., : self.config.ve_gate_channels]))
+            gate_in = hidden_states[..., : self.config.ve_gate_channels]
+            gate = self.config.ve_gate_scale * torch.sigmoid(self.ve_gate(gate_in))  # [B, T, H_kv], in (0, 3)
             v = v + gate.unsqueeze(-1) * value_embedding.view(b, t, self.num_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         cos, sin = position_embeddings
@@ -157,7 +159,8 @@ class NanoChatGPTAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                                      eager_attention_forward)
-        out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling, sliding_window=self.sliding_window,
+        out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling,
+                                 sliding_window=self.sliding_window,
                                  dropout=self.config.attention_dropout if self.training else 0.0, **kwargs)
         return self.o_proj(out.reshape(b, t, -1).contiguous()), weights
 
@@ -243,7 +246,8 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
 
     def __init__(self, config: NanoChatGPTConfig):
         super().__init__(config)
-        vocab, kv_dim = config.padded_vocab_size, config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+        vocab = config.padded_vocab_size
+        kv_dim = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
         self.embed_tokens = nn.Embedding(vocab, config.hidden_size)
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(vocab, kv_dim) for i in range(config.num_hidden_layers)
                                            if config.has_value_embedding(i)})
