@@ -318,6 +318,7 @@ def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_di
     # nanochat's meta: LRs and total_batch_size inherited (the config sets max_length and the micro-batch)
     assert "total_batch_size = 1024 (inherited from" in proc.stderr and "embedding_lr = 0.2 (inherited" in proc.stderr
     assert {"modeling_nanochat_gpt.py", "configuration_nanochat_gpt.py"} <= set(os.listdir(out))
+    assert "trust_remote_code=True" in (out / "README.md").read_text()  # the model card's loading snippet
 
     trained = load(str(out))
     base = load(os.path.join(str(out), "_nanochat_base"))
