@@ -350,3 +350,35 @@ def test_deepspeed_zero2_two_processes_assign_optimizer_kinds_by_name():
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "NANOCHAT_GPT_DS_OK" in result.stdout
+
+
+@pytest.mark.distributed  # ~2 min on 2 CPU cores
+def test_zero3_two_processes_train_like_one_process(tmp_path, data_dir):
+    """accelerate + DeepSpeed ZeRO-3 (gloo) from nanochat's folder: the 2 logged losses equal 1 process's."""
+    import json
+
+    import yaml
+
+    def run(out, launch, rows, **extra):
+        config = {"model_name_or_path": BASE, "data_dir": data_dir,
+                  "datasets": [{"name": "identity", "max_rows": 24}, {"name": "spellingbee", "size": 24}],
+                  "max_length": 256, "per_device_train_batch_size": rows, "gradient_accumulation_steps": 1,
+                  "total_batch_size": None, "max_steps": 2, "optimizer": "adamw", "load_optimizer": False,
+                  "save_steps": 2, "eval_strategy": "no", "chatcore_every": 0, "report_to": "none",
+                  "output_dir": str(out), **extra}
+        (tmp_path / f"{out.name}.yaml").write_text(yaml.safe_dump(config))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": REPO,
+               "OMP_NUM_THREADS": "1", "TORCH_COMPILE_DISABLE": "1"}
+        accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+        proc = subprocess.run([accelerate, "launch", *launch, "-m", "nanosft.train", "--config",
+                               str(tmp_path / f"{out.name}.yaml")], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        history = json.loads((out / "metrics.json").read_text())["log_history"]
+        return [h["loss"] for h in history if "loss" in h]
+
+    single = run(tmp_path / "single", ["--num_processes", "1"], rows=4)
+    zero3 = run(tmp_path / "zero3", ["--config_file", "accelerate_configs/zero3.yaml", "--num_processes", "2",
+                                     "--main_process_port", "29593"], rows=2, ddp_backend="gloo")
+    assert len(single) == len(zero3) == 2
+    assert max(abs(a - b) for a, b in zip(single, zero3)) < 1e-4, (single, zero3)
