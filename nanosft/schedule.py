@@ -145,7 +145,8 @@ BATCH_SHAPE_KEYS = {"max_length": ("max_seq_len", "sequence_len"),
 def inherit_batch_shape(raw: dict) -> tuple[dict, list[str]]:
     """Fill ``max_length``, ``per_device_train_batch_size`` and ``total_batch_size`` that the user config does
     not set from the base checkpoint's nanochat meta (``max_seq_len`` or ``model_config.sequence_len``,
-    ``device_batch_size``, ``total_batch_size``), as nanochat's chat_sft.py does.
+    ``device_batch_size``, ``total_batch_size``), as nanochat's chat_sft.py does. ``total_batch_size`` is not
+    inherited when the config sets ``gradient_accumulation_steps``.
 
     Args:
         raw: the user's config dict (before defaults); not mutated.
@@ -163,6 +164,8 @@ def inherit_batch_shape(raw: dict) -> tuple[dict, list[str]]:
     out, lines = dict(raw), []
     for key, names in BATCH_SHAPE_KEYS.items():
         value = next((flat[n] for n in names if flat.get(n) is not None), None)
+        if key == "total_batch_size" and "gradient_accumulation_steps" in raw:
+            continue  # the config fixed the accumulation itself
         if key not in raw and value is not None:
             out[key] = int(value)
             lines.append(f"batch shape: {key} = {int(value)} (inherited from {source})")

@@ -304,7 +304,7 @@ def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_di
     out = tmp_path / "run"
     config = {"model_name_or_path": BASE, "data_dir": data_dir,
               "datasets": [{"name": "identity", "max_rows": 24}, {"name": "spellingbee", "size": 24}],
-              "max_length": 256, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 4,
+              "max_length": 256, "per_device_train_batch_size": 2, "max_steps": 4,
               "optimizer": "muon", "load_optimizer": True, "save_steps": 4, "eval_strategy": "no",
               "chatcore_every": 0, "report_to": "none", "output_dir": str(out), "seed": 0}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
