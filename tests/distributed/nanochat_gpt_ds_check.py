@@ -2,8 +2,8 @@
 
     deepspeed --num_gpus 2 tests/distributed/nanochat_gpt_ds_check.py
 
-A tiny random ``NanoChatGPTForCausalLM``. One process: ``prepare_deepspeed_muon`` without ZeRO gives each
-parameter name an optimizer kind (Muon or AdamW) and group. Two processes under ZeRO-2: after
+A tiny random ``NanoChatGPTForCausalLM``. One process, no DeepSpeed: nanosft's own ``build_optimizer``
+(MuonAdamW) gives each parameter name an optimizer kind (Muon or AdamW) and group. Two processes under ZeRO-2: after
 ``deepspeed.initialize`` and one training step, every parameter (found by name through ZeRO's
 ``bit16_groups``) must sit in a group of the same kind and name, and carry the same ``use_muon`` tag; wte,
 value_embeds and the smear gate must be AdamW and every block matrix (ve_gate included) Muon.
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from nanosft.models.nanochat_gpt import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from nanosft.muon import prepare_deepspeed_muon
+from nanosft.muon import build_optimizer, prepare_deepspeed_muon
 
 
 def make_model():
@@ -35,9 +35,9 @@ def main():
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = make_model()
-    opt, _ = prepare_deepspeed_muon(model, {})
+    opt = build_optimizer(model)
     names_of = {id(p): n for n, p in model.named_parameters()}
-    single = kinds([(g, g["params"]) for g in opt.param_groups], names_of)
+    single = {names_of[id(p)]: (g["name"], g["kind"] == "muon") for g in opt.param_groups for p in g["params"]}
 
     model = make_model()
     names_of = {id(p): n for n, p in model.named_parameters()}

@@ -195,6 +195,9 @@ class NanoChatGPTDecoderLayer(GradientCheckpointingLayer):
 
 
 class NanoChatGPTPreTrainedModel(PreTrainedModel):
+    """Shared transformers plumbing: config class, attention backends (eager/sdpa/flash), gradient checkpointing
+    per decoder layer, and nanochat's weight initialisation for freshly built models."""
+
     config_class = NanoChatGPTConfig
     config: NanoChatGPTConfig
     base_model_prefix = "model"
