@@ -2,6 +2,7 @@
 
 Components (one concept per module):
 
+- ``models/``       model classes (``nanochat_gpt``: the current nanochat GPT), registered on import
 - ``tokenizer.py``  the nanochat special tokens; build/extend HF tokenizers
 - ``template.py``   the nanochat chat format: direct renderer + jinja chat template
 - ``data.py``       conversation datasets (local folder or Hub) and the shuffled mixture
@@ -14,3 +15,5 @@ Components (one concept per module):
 """
 
 __version__ = "0.1.0"
+
+from . import models  # noqa: E402,F401  registers model_type nanochat_gpt with transformers' Auto classes

@@ -1,25 +1,30 @@
-"""nanochat base checkpoint -> Hugging Face NanoChat checkpoint, with nothing dropped silently.
+"""nanochat base checkpoint -> Hugging Face checkpoint, lossless, with nothing dropped silently.
 
     python -m nanosft.convert <nanochat_ckpt_dir> <out_dir> [--step N] [--tokenizer-dir DIR] [--dtype ...]
 
 Input: nanochat's ``base_checkpoints/<tag>/`` folder (``model_<step>.pt`` state dict, ``meta_<step>.json``
-with ``model_config`` {sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd} and ``user_config``)
-and a nanochat tokenizer folder (``tokenizer.tiktoken`` + ``tokenizer_meta.json``, or nanochat's
-``tokenizer.pkl``). Output: ``NanoChatForCausalLM`` safetensors + config, the tokenizer with the nanochat
-chat template, and the meta json (so ``nanosft.schedule`` can inherit the base LRs).
+with ``model_config`` {sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd[, window_pattern]} and
+``user_config``) and a nanochat tokenizer folder (``tokenizer.tiktoken`` + ``tokenizer_meta.json``, or nanochat's
+``tokenizer.pkl``). Output: safetensors + config, the tokenizer with the nanochat chat template and special
+tokens, and the meta json (so ``nanosft.schedule`` can inherit the base LRs, T and batch sizes).
 
-Design: a strict key map (nanochat/gpt.py, Oct 2025 -> transformers' port):
-``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->
-``model.layers.{i}.self_attn.{q,k,v,o}_proj``; ``mlp.c_fc``/``mlp.c_proj`` -> ``mlp.fc1``/``fc2``;
-``lm_head`` -> ``lm_head``. Every key must map and every target must be filled, else
-``UnsupportedCheckpointError`` lists the tensors (value embeddings, gates, residual/x0 lambdas of newer
-nanochat) or features (sliding-window attention patterns) the port lacks. transformers'
-``convert_nanochat_checkpoints.py`` (not shipped in the wheel) instead prints "Skipped N legacy entries" and
-converts anyway - a model that silently computes something else.
+Two generations of nanochat's GPT, told apart by the tensors and the meta (``checkpoint_generation``):
 
-Numerics match nanochat's forward: relu^2 MLP, RoPE (theta 10000) then QK RMSNorm, norm after the
-embedding, softcap 15, untied head; ``rms_norm_eps`` is float32's machine epsilon, what nanochat's
-``F.rms_norm(x, (d,))`` uses in fp32. ``pad_token_id`` is None so no embedding row is frozen.
+- current (2026: value embeddings + gates, residual/x0 lambdas, smear, backout, sliding windows, rotary base
+  100,000, q/k x 1.2): nanosft's ``NanoChatGPTForCausalLM`` (``nanosft/models/nanochat_gpt``), key map in
+  ``map_current_state_dict``. The folder ships the model's configuration/modeling files and an ``auto_map``:
+  ``trust_remote_code=True`` loads it where nanosft is not installed.
+- October 2025 (none of those tensors, all-L windows): transformers' ``NanoChatForCausalLM``, no remote code.
+  Key map ``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->
+  ``model.layers.{i}.self_attn.{q,k,v,o}_proj``; ``mlp.c_fc``/``mlp.c_proj`` -> ``mlp.fc1``/``fc2``;
+  ``lm_head`` -> ``lm_head``. Numerics of that nanochat version (checked against its nanochat/gpt.py):
+  relu^2 MLP, RoPE theta 10,000 then QK RMSNorm with no q/k scale, norm after the embedding, softcap 15,
+  untied head; ``rms_norm_eps`` is float32's machine epsilon, what ``F.rms_norm(x, (d,))`` uses in fp32.
+
+Every key must map and every target must be filled, else ``UnsupportedCheckpointError`` names each tensor
+(with its shape) and feature that has no place. transformers' ``convert_nanochat_checkpoints.py`` (not shipped
+in the wheel) instead prints "Skipped N legacy entries" and converts anyway - a model that silently computes
+something else.
 """
 
 from __future__ import annotations
@@ -54,7 +59,84 @@ _NANOCHAT_SOFTCAP = 15.0  # nanochat/gpt.py forward: softcap * tanh(logits / sof
 
 
 class UnsupportedCheckpointError(ValueError):
-    """The nanochat checkpoint uses parts the transformers NanoChat port does not have."""
+    """The nanochat checkpoint has tensors or features that no nanosft/transformers model can place."""
+
+
+# Tensors that only the current nanochat GPT has (nanochat/gpt.py after January 2026).
+_CURRENT_ONLY = re.compile(r"^(value_embeds\.\d+\.weight|transformer\.h\.\d+\.attn\.ve_gate\.weight|resid_lambdas|"
+                           r"x0_lambdas|smear_gate\.weight|smear_lambda|backout_lambda)$")
+_CURRENT_LAYER_MAP = {**_LAYER_MAP, "attn.ve_gate.weight": "self_attn.ve_gate.weight"}
+_CURRENT_TOP_MAP = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight",
+                    "resid_lambdas": "model.resid_lambdas", "x0_lambdas": "model.x0_lambdas",
+                    "smear_gate.weight": "model.smear_gate.weight", "smear_lambda": "model.smear_lambda",
+                    "backout_lambda": "model.backout_lambda"}
+
+
+def checkpoint_generation(state: dict[str, torch.Tensor], meta: dict) -> str:
+    """"current" (nanochat's GPT with value embeddings, lambdas, smear, windows: ``NanoChatGPTForCausalLM``) or
+    "nanochat-2025" (the October 2025 GPT: transformers' ``NanoChatForCausalLM``), from the tensors and the meta.
+
+    Any current-only tensor, or a ``window_pattern`` in ``meta["model_config"]`` other than all-L, means current.
+    """
+    mc = meta.get("model_config") or meta
+    window = str(mc.get("window_pattern") or "L").upper()
+    if any(_CURRENT_ONLY.match(k.removeprefix("_orig_mod.")) for k in state) or set(window) - {"L"}:
+        return "current"
+    return "nanochat-2025"
+
+
+def map_current_state_dict(state: dict[str, torch.Tensor], meta: dict) -> tuple[dict[str, torch.Tensor], object]:
+    """Rename a current nanochat GPT state dict to ``NanoChatGPTForCausalLM``'s and build its ``NanoChatGPTConfig``.
+
+    Key map: ``transformer.wte`` -> ``model.embed_tokens``; ``transformer.h.{i}.attn.c_{q,k,v,proj}`` ->
+    ``model.layers.{i}.self_attn.{q,k,v,o}_proj``; ``attn.ve_gate`` -> ``self_attn.ve_gate``; ``mlp.c_fc``/``c_proj``
+    -> ``mlp.fc1``/``fc2``; ``value_embeds.{i}`` -> ``model.value_embeds.{i}``; the lambdas and ``smear_gate`` ->
+    ``model.<name>``; ``lm_head`` -> ``lm_head``. ``_orig_mod.`` prefixes (torch.compile) are stripped. Missing
+    ``resid_lambdas``/``x0_lambdas`` become 1/0 and a missing ``window_pattern`` "L", as nanochat's loader
+    does (nanochat/checkpoint_manager.py ``_patch_missing_keys``, ``_patch_missing_config_keys``).
+
+    Raises:
+        UnsupportedCheckpointError: naming every tensor that has no place (with its shape), every expected
+            tensor that is missing, and every shape that disagrees with ``model_config``.
+    """
+    from .models.nanochat_gpt import NanoChatGPTConfig
+
+    mc = dict(meta.get("model_config") or meta)
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+    n_layer, n_head = int(mc["n_layer"]), int(mc["n_head"])
+    n_kv_head, n_embd = int(mc.get("n_kv_head") or n_head), int(mc["n_embd"])
+    state.setdefault("resid_lambdas", torch.ones(n_layer))
+    state.setdefault("x0_lambdas", torch.zeros(n_layer))
+    config = NanoChatGPTConfig(
+        vocab_size=int(mc["vocab_size"]), hidden_size=n_embd, intermediate_size=4 * n_embd, num_hidden_layers=n_layer,
+        num_attention_heads=n_head, num_key_value_heads=n_kv_head,
+        max_position_embeddings=int(mc.get("sequence_len", 2048)), window_pattern=mc.get("window_pattern") or "L")
+    pairs = dict(_CURRENT_TOP_MAP)
+    for i in range(n_layer):
+        for a, b in _CURRENT_LAYER_MAP.items():
+            if a != "attn.ve_gate.weight" or config.has_value_embedding(i):
+                pairs[f"transformer.h.{i}.{a}"] = f"model.layers.{i}.{b}"
+        if config.has_value_embedding(i):
+            pairs[f"value_embeds.{i}.weight"] = f"model.value_embeds.{i}.weight"
+    with torch.device("meta"):
+        from .models.nanochat_gpt import NanoChatGPTForCausalLM
+
+        expected = {k: tuple(v.shape) for k, v in NanoChatGPTForCausalLM(config).state_dict().items()}
+    out, problems = {}, []
+    for src, dst in pairs.items():
+        if src not in state:
+            problems.append(f"missing tensor {src}")
+        elif tuple(state[src].shape) != expected[dst]:
+            problems.append(f"{src}: shape {tuple(state[src].shape)}, expected {expected[dst]} from model_config {mc}")
+        else:
+            out[dst] = state[src]
+    for key in sorted(set(state) - set(pairs)):
+        problems.append(f"unplaceable tensor {key} {tuple(state[key].shape)}")
+    if problems:
+        raise UnsupportedCheckpointError(
+            "this nanochat checkpoint does not match the current nanochat GPT (nanosft NanoChatGPTForCausalLM):\n  "
+            + "\n  ".join(problems))
+    return out, config
 
 
 def is_nanochat_checkpoint(path: str | None) -> bool:
@@ -203,6 +285,7 @@ def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tok
     """
     from transformers import NanoChatConfig, NanoChatForCausalLM
 
+    from .models.nanochat_gpt import NanoChatGPTForCausalLM
     from .tokenizer import ASSISTANT_END, BOS
 
     step = find_step(ckpt_dir, step)
@@ -210,16 +293,26 @@ def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tok
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     state = torch.load(_step_file(ckpt_dir, "model", "pt", step), map_location="cpu", weights_only=True)
-    hf_state, config_kwargs = map_state_dict(state, meta)
+    generation = checkpoint_generation(state, meta)
+    if generation == "current":
+        hf_state, config = map_current_state_dict(state, meta)
+        model_cls = NanoChatGPTForCausalLM
+    else:
+        hf_state, config_kwargs = map_state_dict(state, meta)
+        config, model_cls = NanoChatConfig(**config_kwargs), NanoChatForCausalLM
     tokenizer = load_nanochat_tokenizer(find_tokenizer_dir(ckpt_dir, tokenizer_dir))
-    if len(tokenizer) > config_kwargs["vocab_size"]:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model's embedding {config_kwargs['vocab_size']}")
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model's embedding {config.vocab_size}")
     bos, end = tokenizer.convert_tokens_to_ids(BOS), tokenizer.convert_tokens_to_ids(ASSISTANT_END)
     torch_dtype = getattr(torch, dtype) if dtype else hf_state["model.embed_tokens.weight"].dtype
-    config = NanoChatConfig(bos_token_id=bos, eos_token_id=end, **config_kwargs)
+    config.bos_token_id, config.eos_token_id = bos, end
     with torch.device("meta"):
-        model = NanoChatForCausalLM(config)
+        model = model_cls(config)
     model.load_state_dict({k: v.to(torch_dtype) for k, v in hf_state.items()}, strict=True, assign=True)
+    if generation == "current":  # non-persistent buffers (rotary inv_freq) were built on the meta device
+        rot = model.model.rotary_emb
+        inv_freq = rot.compute_default_rope_parameters(config)[0]
+        rot.inv_freq, rot.original_inv_freq = inv_freq, inv_freq.clone()
     model.config.dtype = torch_dtype
     model.generation_config.bos_token_id, model.generation_config.eos_token_id = bos, end
     model.generation_config.pad_token_id = bos
@@ -228,7 +321,8 @@ def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tok
     follow_umask(out_dir, ".safetensors")  # safetensors writes 0600 whatever the umask
     tokenizer.save_pretrained(out_dir)
     shutil.copy(meta_path, os.path.join(out_dir, os.path.basename(meta_path)))  # base LRs for nanosft.schedule
-    logger.info("converted %s step %d -> %s (%d tensors, %s)", ckpt_dir, step, out_dir, len(hf_state), torch_dtype)
+    logger.info("converted %s step %d (%s nanochat GPT) -> %s (%s, %d tensors, %s)", ckpt_dir, step, generation,
+                out_dir, model_cls.__name__, len(hf_state), torch_dtype)
     return out_dir
 
 

@@ -152,6 +152,9 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         if metrics.get(key) is not None:
             body.append(f"- {key}: {metrics[key]:.4f} (step {metrics.get('step')})")
     where = repo or "path/to/this/folder"
+    # the current nanochat GPT ships its modeling code with the weights (nanosft/models/nanochat_gpt)
+    config = getattr(getattr(trainer, "model", None), "config", None)
+    remote = ", trust_remote_code=True" if getattr(config, "model_type", None) == "nanochat_gpt" else ""
     body += [
         "",
         "## How to load and chat",
@@ -160,7 +163,7 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         f'tok = AutoTokenizer.from_pretrained("{where}")',
-        f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{where}"{remote})',
         'messages = [{"role": "user", "content": "How many r are in strawberry?"}]',
         "inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)",
         "out = model.generate(**inputs, max_new_tokens=256, do_sample=False)  # stops at <|assistant_end|>",

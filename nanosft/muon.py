@@ -196,6 +196,50 @@ def _shape(p: Tensor) -> tuple:
     return tuple(getattr(p, "ds_shape", None) or p.shape)
 
 
+# nanochat's GPT.setup_optimizer (nanochat/gpt.py, commit 92d63d4) for the current nanochat GPT, AdamW groups in
+# nanochat's order: (group name, base LR keyword or None for a fixed LR, LR factor, scaled by (d_model/768)^-0.5,
+# betas, weight decay). Every matrix inside the blocks (ve_gate included) is Muon ("matrix").
+NANOCHAT_GPT_ADAMW_GROUPS = (
+    ("unembedding", "unembedding_lr", 1.0, True, (0.8, 0.96), 0.01),
+    ("embedding", "embedding_lr", 1.0, True, (0.8, 0.995), 0.001),
+    ("value_embedding", "embedding_lr", 0.5, True, (0.8, 0.995), 0.01),
+    ("resid_lambda", "scalar_lr", 0.01, False, (0.8, 0.95), 0.05),
+    ("x0_lambda", "scalar_lr", 1.0, False, (0.96, 0.95), 0.0),
+    ("smear", None, 0.2, False, (0.8, 0.95), 0.0),
+)
+# nanochat's parameter order inside the "smear" group (warm start maps the saved state by position)
+_SMEAR_ORDER = ("smear_gate.weight", "smear_lambda", "backout_lambda")
+
+
+def is_nanochat_gpt(model: nn.Module) -> bool:
+    """True for nanosft's ``NanoChatGPTForCausalLM`` (also wrapped by PEFT or DeepSpeed: read from ``config``)."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+    return getattr(config, "model_type", None) == "nanochat_gpt"
+
+
+def nanochat_gpt_role(name: str, ndim: int) -> str:
+    """The optimizer group of one ``NanoChatGPTForCausalLM`` parameter, by name (see NANOCHAT_GPT_ADAMW_GROUPS).
+
+    Works on PEFT/DeepSpeed names (prefixes ignored). Matrices (>= 2 dims) inside ``model.layers`` are "matrix";
+    1-D parameters inside the layers (none in nanochat) would be "scalar".
+    """
+    if ".layers." in name or name.startswith("layers."):
+        return "matrix" if ndim >= 2 else "scalar"
+    if name.endswith("lm_head.weight"):
+        return "unembedding"
+    if name.endswith("embed_tokens.weight"):
+        return "embedding"
+    if ".value_embeds." in name or name.startswith("value_embeds."):
+        return "value_embedding"
+    if name.endswith("resid_lambdas"):
+        return "resid_lambda"
+    if name.endswith("x0_lambdas"):
+        return "x0_lambda"
+    if any(name.endswith(s) for s in _SMEAR_ORDER):
+        return "smear"
+    return "matrix" if ndim >= 2 else "scalar"
+
+
 def split_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Sort trainable parameters into nanochat's groups, for any HF causal LM.
 
@@ -204,8 +248,19 @@ def split_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     ``unembedding`` = ``model.get_output_embeddings()`` unless tied to the input embedding;
     ``matrix`` = every other parameter with >= 2 dims (attention and MLP weights: Muon);
     ``scalar`` = 0-/1-D parameters (norm gains, biases, lambdas: AdamW).
+    For the current nanochat GPT (:func:`is_nanochat_gpt`) the groups are nanochat's own, by name
+    (:func:`nanochat_gpt_role`): "matrix" plus the AdamW groups of ``NANOCHAT_GPT_ADAMW_GROUPS``, so
+    ``value_embeds`` and the smear gate never land on Muon while ``ve_gate`` does.
     Shapes are read from ``ds_shape`` when present, so models built under zero.Init keep their tags.
     """
+    if is_nanochat_gpt(model):
+        groups = {"matrix": [], **{g[0]: [] for g in NANOCHAT_GPT_ADAMW_GROUPS}, "scalar": []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups[nanochat_gpt_role(name, len(_shape(p)))].append((name, p))
+        rank = lambda np_: next(i for i, s in enumerate(_SMEAR_ORDER) if np_[0].endswith(s))  # noqa: E731
+        groups["smear"].sort(key=rank)
+        return groups
     embed_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_ids = {id(p) for p in head.parameters()} - embed_ids if head is not None else set()
@@ -393,6 +448,26 @@ class MuonAdamW(torch.optim.Optimizer):
         return loss
 
 
+def adamw_group_specs(model: nn.Module, scale: float, *, embedding_lr: float, unembedding_lr: float,
+                      scalar_lr: float, adam_betas=(0.8, 0.95), adam_eps: float = 1e-10) -> dict[str, dict]:
+    """AdamW settings (kind, lr before ``init_lr_frac``, betas, eps, weight_decay) of every non-Muon group.
+
+    ``scale`` = (d_model / 768) ** -0.5. Any HF model: "embedding" and "unembedding" at their LR * scale,
+    "scalar" at ``scalar_lr``, all with ``adam_betas``, no weight decay. The current nanochat GPT: nanochat's
+    table (``NANOCHAT_GPT_ADAMW_GROUPS``: per-group betas, eps 1e-10 and weight decays, value embeddings at
+    half the embedding LR, resid lambdas at 0.01 * scalar_lr, smear/backout at a fixed 0.2).
+    """
+    adam = dict(kind="adamw", betas=tuple(adam_betas), eps=adam_eps, weight_decay=0.0)
+    specs = {"embedding": dict(adam, lr=embedding_lr * scale), "unembedding": dict(adam, lr=unembedding_lr * scale),
+             "scalar": dict(adam, lr=scalar_lr)}
+    if is_nanochat_gpt(model):
+        base = {"embedding_lr": embedding_lr, "unembedding_lr": unembedding_lr, "scalar_lr": scalar_lr, None: 1.0}
+        for name, key, factor, scaled, betas, wd in NANOCHAT_GPT_ADAMW_GROUPS:
+            specs[name] = dict(kind="adamw", lr=base[key] * factor * (scale if scaled else 1.0), betas=betas,
+                               eps=1e-10, weight_decay=wd)
+    return specs
+
+
 # -----------------------------------------------------------------------------
 # Factory: the transformers / TRL entry point
 
@@ -450,11 +525,8 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
                        "for residual lambdas; set scalar_lr lower (e.g. 1e-3) for norm gains and biases.",
                        len(parts["scalar"]), parts["scalar"][0][0], scalar_lr)
     adam = dict(kind="adamw", betas=tuple(adam_betas), eps=adam_eps, weight_decay=0.0)
-    specs = {
-        "embedding": dict(adam, lr=embedding_lr * scale),
-        "unembedding": dict(adam, lr=unembedding_lr * scale),
-        "scalar": dict(adam, lr=scalar_lr),
-    }
+    specs = adamw_group_specs(model, scale, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr,
+                              scalar_lr=scalar_lr, adam_betas=adam_betas, adam_eps=adam_eps)
     if optimizer == "muon":
         specs["matrix"] = dict(kind="muon", lr=matrix_lr, momentum=momentum, momentum_start=momentum_start,
                                momentum_warmup_steps=momentum_warmup_steps,
@@ -465,7 +537,7 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
         lr = (unembedding_lr if adamw_matrix_lr is None else adamw_matrix_lr) * scale
         specs["matrix"] = dict(adam, lr=lr, weight_decay=weight_decay)
     groups = []
-    for name in ("matrix", "embedding", "unembedding", "scalar"):
+    for name in parts:
         if not parts[name]:
             continue
         spec = specs[name]
@@ -546,18 +618,18 @@ def prepare_deepspeed_muon(model: nn.Module, ds_config: dict, **build_kwargs):
     kw = {k: defaults[k].default for k in DEEPSPEED_MUON_KEYS}
     kw.update(build_kwargs)
     scale = ((kw["d_model"] or _d_model(model)) / REFERENCE_D_MODEL) ** -0.5
-    lrs = {"matrix": kw["matrix_lr"], "embedding": kw["embedding_lr"] * scale,
-           "unembedding": kw["unembedding_lr"] * scale, "scalar": kw["scalar_lr"]}
+    specs = adamw_group_specs(model, scale, embedding_lr=kw["embedding_lr"], unembedding_lr=kw["unembedding_lr"],
+                              scalar_lr=kw["scalar_lr"], adam_betas=kw["adam_betas"], adam_eps=kw["adam_eps"])
     groups = []
-    for name, named in split_parameters(model).items():
+    for name, named in split_parameters(model).items():  # assigned by name: never wte/value_embeds/smear on Muon
         if not named:
             continue
         use_muon = name == "matrix"
         for _, p in named:
             p.use_muon = use_muon
-        lr = lrs[name] * kw["init_lr_frac"]
+        lr = (kw["matrix_lr"] if use_muon else specs[name]["lr"]) * kw["init_lr_frac"]
         extra = (dict(momentum=kw["momentum"], weight_decay=kw["weight_decay"], ns_method="gram") if use_muon
-                 else dict(betas=tuple(kw["adam_betas"]), eps=kw["adam_eps"], weight_decay=0.0))
+                 else {k: specs[name][k] for k in ("betas", "eps", "weight_decay")})
         if use_muon:  # MuonWithAuxAdam sorts Muon params by size; pre-sort so names stay aligned
             named = sorted(named, key=lambda np_: np_[1].size(), reverse=True)
         groups.append(dict(params=[p for _, p in named], param_names=[n for n, _ in named], use_muon=use_muon,

@@ -133,3 +133,40 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
             out[key], how = NANOCHAT_DEFAULT_LRS[key], "nanochat default"
         logger.info("learning rates: %s = %g (%s)", key, out[key], how)
     return out
+
+
+# nanochat meta keys (scripts/base_train.py save_checkpoint meta) -> nanosft config keys; chat_sft.py inherits
+# max_seq_len, device_batch_size and total_batch_size from the base checkpoint unless overridden.
+BATCH_SHAPE_KEYS = {"max_length": ("max_seq_len", "sequence_len"),
+                    "per_device_train_batch_size": ("device_batch_size",),
+                    "total_batch_size": ("total_batch_size",)}
+
+
+def inherit_batch_shape(raw: dict) -> tuple[dict, list[str]]:
+    """Fill ``max_length``, ``per_device_train_batch_size`` and ``total_batch_size`` that the user config does
+    not set from the base checkpoint's nanochat meta (``max_seq_len`` or ``model_config.sequence_len``,
+    ``device_batch_size``, ``total_batch_size``), as nanochat's chat_sft.py does. ``total_batch_size`` is not
+    inherited when the config sets ``gradient_accumulation_steps``.
+
+    Args:
+        raw: the user's config dict (before defaults); not mutated.
+
+    Returns:
+        (config dict with the inherited keys added, one log line per inherited key). Nothing is inherited for a
+        fresh ``model_config`` model or a base without a nanochat meta.
+    """
+    if raw.get("model_config") is not None:
+        return raw, []
+    base, source = _base_training_config(raw.get("model_name_or_path"))
+    if not source.endswith(".json") or "model_config" not in base:
+        return raw, []
+    flat = {**(base.get("model_config") or {}), **base}
+    out, lines = dict(raw), []
+    for key, names in BATCH_SHAPE_KEYS.items():
+        value = next((flat[n] for n in names if flat.get(n) is not None), None)
+        if key == "total_batch_size" and "gradient_accumulation_steps" in raw:
+            continue  # the config fixed the accumulation itself
+        if key not in raw and value is not None:
+            out[key] = int(value)
+            lines.append(f"batch shape: {key} = {int(value)} (inherited from {source})")
+    return out, lines

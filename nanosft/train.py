@@ -277,11 +277,15 @@ def versions() -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .config import build_config, read_config_dict
+    from .schedule import inherit_batch_shape
 
     raw = read_config_dict(args.config, args.overrides)  # validates before anything heavy
+    raw, inherited = inherit_batch_shape(raw)  # T and batch sizes of a nanochat base, unless the config sets them
     cfg = build_config(cpu_launch_fix(dict(raw)), args.config)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
+    for line in inherited:
+        logger.info(line)
     overwritten = early_checks(cfg)
     from transformers import set_seed
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
-from .muon import normuon_dim
+from .muon import NANOCHAT_GPT_ADAMW_GROUPS, is_nanochat_gpt, normuon_dim
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,74 @@ def _nanochat_saved_states(shards: list[dict], optimizer) -> dict[str, dict]:
     return out
 
 
+def _gather(states: list[dict], key: str, shape: tuple) -> Tensor | None:
+    """One parameter's ``key`` buffer from W rank shards: concatenated along dim 0 when the ranks hold slices
+    (nanochat DistMuonAdamW shards large AdamW params), else the first rank's replicated copy; None if neither
+    has ``shape``."""
+    if len(states) > 1:
+        cat = torch.cat([st[key] for st in states])
+        if tuple(cat.shape) == shape:
+            return cat
+    return states[0][key] if tuple(states[0][key].shape) == shape else None
+
+
+def _nanochat_gpt_saved_states(shards: list[dict], optimizer) -> tuple[dict[str, dict], list[str]]:
+    """name -> state from the current nanochat's ``optim_<step>_rank<r>.pt`` (nanochat/optim.py MuonAdamW), and
+    the list of mismatches (empty when every group and shape matches).
+
+    nanochat's groups (nanochat/gpt.py ``setup_optimizer``): six AdamW groups in ``NANOCHAT_GPT_ADAMW_GROUPS``
+    order, params in module order (``step``, ``exp_avg``, ``exp_avg_sq`` each), then one Muon group per matrix
+    shape, sorted by shape, whose FIRST param holds stacked ``momentum_buffer`` [k, m, n] and
+    ``second_momentum_buffer`` [k, m, 1] or [k, 1, n] for its k matrices (with W ranks, each rank a slice of
+    ceil(k / W); concatenated in rank order). Our "matrix" params of one shape, in model order, take the slices.
+    """
+    ours = {g.get("name"): list(zip(g["param_names"], g["params"])) for g in optimizer.param_groups}
+    by_shape = defaultdict(list)
+    for name, p in ours.get("matrix", []):
+        by_shape[tuple(p.shape)].append(name)
+    held = lambda idx: [s["state"][idx] for s in shards if idx in s["state"]]  # noqa: E731
+    out, problems, seen_shapes = {}, [], set()
+    roles = iter(g[0] for g in NANOCHAT_GPT_ADAMW_GROUPS)
+    for g in shards[0]["param_groups"]:
+        if g.get("kind", "adamw") == "adamw":
+            role = next(roles, None)
+            mine = ours.get(role, [])
+            if len(mine) != len(g["params"]):
+                problems.append(f"AdamW group {role!r}: the file has {len(g['params'])} parameters, this model "
+                                f"{len(mine)} ({[n for n, _ in mine]})")
+                continue
+            for idx, (name, p) in zip(g["params"], mine):
+                states = held(idx)
+                if not states:
+                    continue
+                st = {"step": states[0].get("step", 0)}
+                for key in ("exp_avg", "exp_avg_sq"):
+                    st[key] = _gather(states, key, tuple(p.shape))
+                    if st[key] is None:
+                        problems.append(f"{name}: the file's {key} has shape {tuple(states[0][key].shape)} "
+                                        f"(x{len(states)} ranks), the parameter {tuple(p.shape)}")
+                out[name] = st
+            continue
+        states = held(g["params"][0])
+        if not states:
+            continue
+        k = len(g["params"])
+        mb = torch.cat([st["momentum_buffer"] for st in states])[:k]
+        shape = tuple(mb.shape[1:])
+        seen_shapes.add(shape)
+        names = by_shape.get(shape, [])
+        if len(names) != k:
+            problems.append(f"Muon group of shape {shape}: the file has {k} matrices, this model {len(names)}")
+            continue
+        v = (torch.cat([st["second_momentum_buffer"] for st in states])[:k]
+             if "second_momentum_buffer" in states[0] else None)
+        for i, name in enumerate(names):
+            out[name] = {"momentum_buffer": mb[i]} | ({"second_momentum_buffer": v[i]} if v is not None else {})
+    for shape in sorted(set(by_shape) - seen_shapes):
+        problems.append(f"Muon matrices of shape {shape} ({by_shape[shape][0]}, ...) have no group in the file")
+    return out, problems
+
+
 def _merge_state_dicts(sds: list[dict]) -> dict:
     """Concatenate optimizer state_dicts, renumbering each one's param indices after the previous."""
     merged, offset = {"param_groups": [], "state": {}}, 0
@@ -131,9 +199,15 @@ def load_warm_start(optimizer: torch.optim.Optimizer, base_path: str | None,
     Only state is loaded - never param groups - so LRs stay the SFT values (nanochat
     chat_sft.py resets them the same way); the Muon momentum warmup restarts at step 0.
 
+    For the current nanochat GPT the file must match exactly (:func:`_nanochat_gpt_saved_states`).
+
     Returns:
         True if any parameter got state; False (with a log line saying what was looked for)
         when nothing usable was found - training then starts from a fresh optimizer.
+
+    Raises:
+        ValueError: a nanochat file for the current nanochat GPT whose groups or shapes differ from this
+            model's, naming each mismatch.
     """
     kind, files = _find_optimizer_files(base_path) if base_path else ("", [])
     if not files:
@@ -143,7 +217,13 @@ def load_warm_start(optimizer: torch.optim.Optimizer, base_path: str | None,
     shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     if kind == "nanochat" and isinstance(shards[0], list):  # older nanochat: [adamw_sd, muon_sd]
         shards = [_merge_state_dicts(s) for s in shards]
-    saved = _hf_saved_states(shards[0], model) if kind == "hf" else _nanochat_saved_states(shards, optimizer)
+    if kind == "nanochat" and is_nanochat_gpt(model if model is not None else optimizer):
+        saved, problems = _nanochat_gpt_saved_states(shards, optimizer)
+        if problems:
+            raise ValueError(f"load_optimizer: {files[0]} does not match this model (set load_optimizer: false to "
+                             "start from a fresh optimizer):\n  " + "\n  ".join(problems))
+    else:
+        saved = _hf_saved_states(shards[0], model) if kind == "hf" else _nanochat_saved_states(shards, optimizer)
     loaded = total = 0
     for group in optimizer.param_groups:
         for name, p in zip(group.get("param_names", []), group["params"]):

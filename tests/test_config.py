@@ -130,7 +130,7 @@ def test_chatcore_tasks_takes_a_set_name_or_task_names(tmp_path):
         load_config(path, ["chatcore_tasks=[GSM9K]"])
 
 
-@pytest.mark.parametrize("name,dim,rows", [("d12", 768, 32), ("d20", 1280, 16)])
+@pytest.mark.parametrize("name,dim,rows", [("d12", 768, 32), ("d20", 1280, 16), ("d26", 1664, 8)])
 def test_gpu_recipes_parse_and_resolve(name, dim, rows):
     # use_cpu: this machine has no GPU, and TrainingArguments refuses bf16 on a CPU it was not told about
     cfg = load_config(os.path.join(REPO, "configs", f"{name}.yaml"), ["use_cpu=true"])

@@ -84,3 +84,19 @@ def test_lrs_from_nanosft_config_and_defaults(tmp_path):
     assert resolve_learning_rates(str(tmp_path / "missing")) == {
         "embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
     assert resolve_learning_rates({"matrix_lr": 0.05})["matrix_lr"] == 0.05
+
+
+def test_batch_shape_inherited_from_nanochat_meta_unless_set(tmp_path):
+    import json
+
+    from nanosft.schedule import inherit_batch_shape
+
+    meta = {"model_config": {"sequence_len": 2048, "n_layer": 20}, "device_batch_size": 32, "max_seq_len": 2048,
+            "total_batch_size": 524288}
+    (tmp_path / "meta_000100.json").write_text(json.dumps(meta))
+    out, lines = inherit_batch_shape({"model_name_or_path": str(tmp_path), "per_device_train_batch_size": 16})
+    assert (out["max_length"], out["per_device_train_batch_size"], out["total_batch_size"]) == (2048, 16, 524288)
+    assert len(lines) == 2 and all("inherited from" in line for line in lines)
+    out, _ = inherit_batch_shape({"model_name_or_path": str(tmp_path), "gradient_accumulation_steps": 4})
+    assert "total_batch_size" not in out and out["max_length"] == 2048
+    assert inherit_batch_shape({"model_config": {}, "model_name_or_path": str(tmp_path)})[1] == []
