@@ -93,7 +93,7 @@ def _sha256_tree(path: str) -> str:
 
 def _hub_revision(repo_id: str) -> str:
     """The current commit of a Hub dataset, or ``"unresolved (...)"`` offline (then Hub changes go unseen)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+    if any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return "unresolved (offline)"
     try:
         from huggingface_hub import HfApi
@@ -213,7 +213,7 @@ def _merge_render_stats(into: RenderStats, part: RenderStats) -> None:
             acc[k] += v
 
 
-def _pieces(lengths: np.ndarray, capacity: int, split: bool):
+def document_pieces(lengths: np.ndarray, capacity: int, split: bool):
     """Documents to pack: (conversation index, offset in it, length, is a continuation) as arrays.
 
     Without ``split`` each conversation is one document. With it, a conversation of L > capacity tokens
@@ -324,7 +324,7 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
 
     lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     conv_start = np.cumsum(lengths_all) - lengths_all
-    conv, offset, doc_len, doc_cont = _pieces(lengths_all, capacity, overlong == "split")
+    conv, offset, doc_len, doc_cont = document_pieces(lengths_all, capacity, overlong == "split")
     doc_start = conv_start[conv] + offset
     plan_lengths = doc_len.tolist()
     if packing_strategy == "bfd":
@@ -432,8 +432,10 @@ def _changed_inputs(cache_dir: str, name: str, inputs: dict) -> str:
                 old = json.load(f)["inputs"]
         except (OSError, ValueError, KeyError):
             continue
-        changed = [k for k in sorted(set(old) | set(inputs))
-                   if json.dumps(old.get(k), sort_keys=True, default=str) != json.dumps(inputs.get(k), sort_keys=True, default=str)]
+        def canon(d, k):
+            return json.dumps(d.get(k), sort_keys=True, default=str)
+
+        changed = [k for k in sorted(set(old) | set(inputs)) if canon(old, k) != canon(inputs, k)]
         return f"inputs changed since {os.path.basename(os.path.dirname(path))}: {', '.join(changed) or 'none'}"
     return "no cache yet"
 

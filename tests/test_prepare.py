@@ -10,7 +10,7 @@ import pytest
 
 from nanosft.data import DatasetSpec, load_mixture, render_dataset, supervision_stats
 from nanosft.packing import pack_best_fit_decreasing, pack_dataset
-from nanosft.prepare import ROWS_FILE, _pieces, prepare_rows
+from nanosft.prepare import ROWS_FILE, document_pieces, prepare_rows
 from nanosft.template import ChatRenderer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
@@ -114,12 +114,12 @@ def test_split_pieces_by_hand():
     import numpy as np
 
     # capacity 4: a 10-token conversation -> pieces [0,4), [3,7), [6,10) (one token overlap); 3 tokens stay whole
-    conv, offset, length, cont = _pieces(np.array([10, 3]), 4, split=True)
+    conv, offset, length, cont = document_pieces(np.array([10, 3]), 4, split=True)
     assert conv.tolist() == [0, 0, 0, 1]
     assert offset.tolist() == [0, 3, 6, 0]
     assert length.tolist() == [4, 4, 4, 3]
     assert cont.tolist() == [False, True, True, False]
-    conv, offset, length, cont = _pieces(np.array([5]), 4, split=True)  # 5 = 4 + 1: second piece of 2 tokens
+    conv, offset, length, cont = document_pieces(np.array([5]), 4, split=True)  # 5 = 4 + 1: second piece of 2 tokens
     assert offset.tolist() == [0, 3] and length.tolist() == [4, 2]
 
 
