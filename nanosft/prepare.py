@@ -28,7 +28,8 @@ mask cleared (context only), so every supervised token stays a target exactly on
 Cache key: a SHA-256 fingerprint of everything that changes the rows (``fingerprint_inputs``): the
 dataset specs, the contents of the local files they read or their Hub revisions, the tokenizer, the
 chat-format version, ``max_length``, the packing options, the seed and ``skip_invalid``. A build is
-written into a ``.tmp-*`` folder and renamed into place once complete (atomic), with ``meta.json``
+written into a ``.tmp-<name>-<fingerprint>-<host>-<pid>-*`` folder and renamed into place once complete
+(atomic; a killed build's folder is removed by the next build on that host), with ``meta.json``
 (fingerprint inputs, stats, row count, file size); a cache folder whose meta or Arrow file does not
 check out is rebuilt. Every hit or miss is logged with its reason.
 """
@@ -40,19 +41,30 @@ import glob
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from itertools import chain
 
+import datasets
 import numpy as np
+import pyarrow as pa
+from datasets.fingerprint import Hasher
+from datasets.utils.tqdm import tqdm
+from huggingface_hub import HfApi
 
-from .data import DatasetSpec, load_mixture
+from .checkpoint import write_json_atomic
+from .config import ConfigError, build_config, read_config_dict
+from .data import DatasetSpec, DataValidationError, load_mixture
 from .packing import pack_best_fit, pack_best_fit_decreasing
+from .tasks import DataSourceError
 from .template import CHAT_FORMAT_VERSION, ChatRenderer, RenderStats
+from .tokenizer import ASSISTANT_END
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +108,6 @@ def _hub_revision(repo_id: str) -> str:
     if any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return "unresolved (offline)"
     try:
-        from huggingface_hub import HfApi
-
         return HfApi().dataset_info(repo_id, timeout=10).sha or "unresolved (no sha)"
     except Exception as e:  # network or auth: the cache still works, keyed without the revision
         return f"unresolved ({type(e).__name__})"
@@ -126,8 +136,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     if backend is not None:
         h.update(backend.to_str().encode())
     else:  # a slow tokenizer: datasets' pickling hash
-        from datasets.fingerprint import Hasher
-
         h.update(Hasher.hash(tokenizer).encode())
     h.update((getattr(tokenizer, "chat_template", None) or "").encode())
     return h.hexdigest()
@@ -169,8 +177,6 @@ def check_supervision(rendered, tokenizer, first: int = 256) -> None:
     Raises:
         ValueError: naming what is missing and what to check (template, masks).
     """
-    from .tokenizer import ASSISTANT_END
-
     end_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END)
     n = min(first, len(rendered["input_ids"]))
     sup = end = 0
@@ -234,8 +240,6 @@ def document_pieces(lengths: np.ndarray, capacity: int, split: bool):
 def _write_rows(path: str, rows: list[list[int]], doc_start: np.ndarray, doc_len: np.ndarray, doc_cont: np.ndarray,
                 ids_file: str, mask_file: str, block: int = 2048) -> None:
     """Gather packed rows from the flat token/mask files and write them as an Arrow IPC stream."""
-    import pyarrow as pa
-
     ids_mm = np.memmap(ids_file, dtype=np.int32, mode="r") if os.path.getsize(ids_file) else np.zeros(0, np.int32)
     mask_mm = np.memmap(mask_file, dtype=np.int8, mode="r") if os.path.getsize(mask_file) else np.zeros(0, np.int8)
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("assistant_masks", pa.list_(pa.int8())),
@@ -277,12 +281,8 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
     acc: dict[str, dict] = {}
     lengths: list[np.ndarray] = []
     head = {"input_ids": [], "assistant_masks": []}  # the first 256 conversations, for check_supervision
-    from datasets.utils.tqdm import tqdm
-
     pool = None
     if num_proc and num_proc > 1 and len(starts) > 1:
-        import multiprocessing
-
         pool = multiprocessing.get_context("fork").Pool(num_proc)
         results = pool.imap(_render_chunk, starts)
     else:
@@ -399,8 +399,6 @@ class PreparedRows:
 
 def _check_cache(folder: str, fp: str):
     """``(dataset, meta)`` of a complete cache folder, or ``(None, reason)``."""
-    import datasets
-
     meta_path, rows_path = os.path.join(folder, META_FILE), os.path.join(folder, ROWS_FILE)
     if not os.path.isdir(folder):
         return None, "no cache for this fingerprint"
@@ -440,6 +438,33 @@ def _changed_inputs(cache_dir: str, name: str, inputs: dict) -> str:
     return "no cache yet"
 
 
+def _remove_dead_builds(prefix: str) -> None:
+    """Remove temp folders ``<prefix><pid>-<random>`` of builds on this host whose process is gone."""
+    for stale in glob.glob(prefix + "*"):
+        try:
+            pid = int(stale[len(prefix):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:  # killed mid-build
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours to judge
+            pass
+
+
+def _commit(tmp: str, folder: str, fp: str) -> None:
+    """Rename a finished build into place; a valid cache that appeared meanwhile (another node) wins."""
+    if os.path.exists(folder):
+        if _check_cache(folder, fp)[0] is not None:
+            shutil.rmtree(tmp)
+            return
+        shutil.rmtree(folder)  # corrupt
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # lost a race to another builder of the same fingerprint
+        if _check_cache(folder, fp)[0] is None:
+            raise
+        shutil.rmtree(tmp)
+
+
 def prepare_rows(specs: list[DatasetSpec], data_dir: str | None, tokenizer, *, max_length: int, cache_dir: str,
                  packing_strategy: str = "nanochat", buffer_size: int = 100, overlong: str = "truncate",
                  seed: int = 42, skip_invalid: bool = False, num_proc: int | None = None, name: str = "train",
@@ -468,8 +493,6 @@ def prepare_rows(specs: list[DatasetSpec], data_dir: str | None, tokenizer, *, m
         raise ValueError(f"packing_strategy must be one of {PACKING_STRATEGIES}, got {packing_strategy!r}")
     if overlong not in OVERLONG_MODES:
         raise ValueError(f"overlong must be one of {OVERLONG_MODES}, got {overlong!r}")
-    import datasets
-
     inputs = fingerprint_inputs(specs, data_dir, tokenizer, max_length, packing_strategy, buffer_size, overlong,
                                 seed, skip_invalid)
     fp = fingerprint(inputs)
@@ -481,21 +504,17 @@ def prepare_rows(specs: list[DatasetSpec], data_dir: str | None, tokenizer, *, m
     reason = meta if meta != "no cache for this fingerprint" else _changed_inputs(cache_dir, name, inputs)
     logger.info("%s data: cache miss (%s); building %s", name, reason, folder)
     os.makedirs(cache_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(cache_dir, f".tmp-{name}-{fp}-*")):  # a killed build's leftovers
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = os.path.join(cache_dir, f".tmp-{name}-{fp}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    prefix = os.path.join(cache_dir, f".tmp-{name}-{fp}-{socket.gethostname()}-")
+    _remove_dead_builds(prefix)
+    tmp = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
     try:
         record = _build(tmp, specs, data_dir, tokenizer, max_length=max_length, packing_strategy=packing_strategy,
                         buffer_size=buffer_size, overlong=overlong, seed=seed, skip_invalid=skip_invalid,
                         num_proc=num_proc, name=name, check=check)
         record = {"fingerprint": fp, "inputs": inputs, **record}
-        from .checkpoint import write_json_atomic
-
         write_json_atomic(os.path.join(tmp, META_FILE), record)
-        if os.path.exists(folder):  # a corrupt cache of the same fingerprint
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        _commit(tmp, folder, fp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -532,9 +551,6 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable)")
     args = p.parse_args(argv)
-    from .config import ConfigError, build_config, read_config_dict
-    from .data import DataValidationError
-    from .tasks import DataSourceError
 
     try:
         cfg = build_config(dict(read_config_dict(args.config, args.overrides)), args.config)

@@ -3,6 +3,7 @@ caches rebuilt, best-fit decreasing and overlong splitting, and a 2-process run 
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -93,7 +94,9 @@ def test_corrupt_or_half_written_cache_is_rebuilt(nanochat_tokenizer, data_dir, 
     else:
         with open(meta, "w") as f:
             f.write("{not json")
-    os.makedirs(os.path.join(cache, f".tmp-train-{first.fingerprint}-1-dead"))  # a killed build's leftovers
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: a killed build's leftovers
+    os.makedirs(os.path.join(cache, f".tmp-train-{first.fingerprint}-{socket.gethostname()}-{dead.pid}-0123abcd"))
     again = prepare_rows(specs(), data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache)
     assert again.status == "built" and "corrupt" in again.reason, again.reason
     assert again.path == first.path and again.rows[:] == expected
