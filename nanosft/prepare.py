@@ -41,6 +41,7 @@ import glob
 import hashlib
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -253,6 +254,9 @@ def _write_rows(path: str, rows: list[list[int]], doc_start: np.ndarray, doc_len
             off = np.cumsum(dl) - dl  # start of each document in this block's flat values
             idx = np.repeat(ds - off, dl) + np.arange(int(dl.sum()), dtype=np.int64)
             vals, masks = ids_mm[idx], mask_mm[idx]  # fancy indexing copies
+            for mm in (ids_mm, mask_mm):  # drop the mapped pages read so far: RSS stays flat in the file size
+                if isinstance(mm, np.memmap) and hasattr(mmap, "MADV_DONTNEED"):
+                    mm._mmap.madvise(mmap.MADV_DONTNEED)
             masks[off[doc_cont[docs]]] = 0  # a continuation's first token is context only
             doc_offsets = np.concatenate([[0], np.cumsum(per_row)])
             row_tokens = np.add.reduceat(dl, doc_offsets[:-1]) if len(dl) else np.zeros(0, np.int64)
