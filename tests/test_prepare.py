@@ -161,3 +161,20 @@ def test_two_processes_only_rank_zero_renders(data_dir, tmp_path):
     assert lines[1].split()[:4] == ["rank", "1:", "train", "hit"]
     assert lines[0].split()[4] == lines[1].split()[4]  # same fingerprint
     assert os.path.isdir(tmp_path / "out" / "_data_cache")
+
+
+@pytest.mark.parametrize("key,value", [("packing_strategy", "wrapped"), ("overlong", "drop")])
+def test_unknown_packing_options_are_config_errors(key, value):
+    from nanosft.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=f"{key}: must be"):
+        build_config({"model_config": {"hidden_size": 8}, key: value})
+
+
+def test_prepare_cli_config_error_exits_2(tmp_path, capsys):
+    from nanosft.prepare import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("packing_strategy: wrapped\nmodel_config: {hidden_size: 8}\n")
+    assert main(["--config", str(bad)]) == 2
+    assert "packing_strategy: must be" in capsys.readouterr().err
