@@ -15,7 +15,9 @@ processes (one at a time, OMP_NUM_THREADS=1, one render process):
   ``packing=True, packing_strategy="bfd", assistant_only_loss=True`` (tokenization through the chat template,
   then packing), skipped above ``--trl-max`` conversations.
 
-Peak RSS is ``ru_maxrss`` of the measured process (memory-mapped pages that were touched count too).
+Peak RSS is ``ru_maxrss`` of the measured process: it counts the pages of memory-mapped files that were read
+(page cache, one copy per node whatever the number of ranks, reclaimable); "anon" is the peak anonymous
+(private) RSS, sampled every 50 ms.
 Printed at the end: the slope of peak RSS over tokens (bytes per token, least squares) for each step.
 Goals (issue 13, at 400K conversations): prepare <= 3 GiB, rank <= 1 GiB, flat in size; hit <= 15 s to
 the first step; prepare >= 2x faster than TRL.
@@ -43,6 +45,35 @@ TINY = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "nu
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+class AnonPeak:
+    """Peak anonymous (private) RSS, sampled every 50 ms from /proc/self/status (Linux).
+
+    RSS also counts the pages of memory-mapped files that were read (``RssFile``): page cache, shared by
+    all the processes that map the same file and reclaimable; ``RssAnon`` is the process's own memory.
+    """
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def sample(self) -> int:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self):
+        while True:
+            self.peak = max(self.peak, self.sample())
+            time.sleep(0.05)
 
 
 def write_conversations(path: str, n: int) -> None:
@@ -147,13 +178,16 @@ def main():
     p.add_argument("--cache")
     args = p.parse_args()
     if args.child:
+        anon = AnonPeak()
         out = child(args.child, args.path, args.cache, args.max_length)
         out["peak_rss_gib"] = peak_rss_gib()
+        out["peak_anon_gib"] = max(anon.peak, anon.sample()) / 2**30
         print(json.dumps(out))
         return
     T = args.max_length
     results = {}
-    print(f"{'convs':>7} {'tokens':>11} {'step':<8} {'seconds':>8} {'peak RSS GiB':>12}  notes", flush=True)
+    print(f"{'convs':>7} {'tokens':>11} {'step':<8} {'seconds':>8} {'peak RSS GiB':>12} {'anon GiB':>8}  notes",
+          flush=True)
     for n in [int(x) for x in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             path, cache = os.path.join(tmp, "convs.jsonl"), os.path.join(tmp, "cache")
@@ -174,14 +208,16 @@ def main():
                            f"prepare_rows {r['hit']['prepare_seconds']:.2f} s",
                     "rank": "prepare_rows (hit, memory-map) + 1,000 rows collated",
                     "trl": f"load_dataset + SFTTrainer init, {m.get('rows', 0)} rows"}[step]
-            print(f"{n:>7} {tokens:>11,} {step:<8} {m['seconds']:>8.1f} {m['peak_rss_gib']:>12.2f}  {note}", flush=True)
+            print(f"{n:>7} {tokens:>11,} {step:<8} {m['seconds']:>8.1f} {m['peak_rss_gib']:>12.2f} "
+                  f"{m['peak_anon_gib']:>8.2f}  {note}", flush=True)
         if "trl" in r:
             print(f"{n:>7} prepare is {r['trl']['seconds'] / r['prepare']['seconds']:.1f}x faster than TRL", flush=True)
     if len(results) >= 2:
         xs = [t for t, _ in results.values()]
         for step in ("prepare", "hit", "rank"):
             ys = [r[step]["peak_rss_gib"] * 2**30 for _, r in results.values()]
-            print(f"peak RSS slope, {step}: {slope(xs, ys):.1f} bytes/token")
+            anon = [r[step]["peak_anon_gib"] * 2**30 for _, r in results.values()]
+            print(f"peak RSS slope, {step}: {slope(xs, ys):.1f} bytes/token (anonymous: {slope(xs, anon):.1f})")
         trl = [(t, r["trl"]["peak_rss_gib"] * 2**30) for t, r in results.values() if "trl" in r]
         if len(trl) >= 2:
             print(f"peak RSS slope, trl: {slope([t for t, _ in trl], [y for _, y in trl]):.1f} bytes/token")
