@@ -3,13 +3,15 @@
     python bench/packing.py [--data-dir ../shared/data] [--lengths 512,1024,2048]
 
 For each T: rows needed, the fraction of row slots holding real tokens, and the tokens lost, for
-- nanosft: BOS-aligned best-fit (buffer 100), rows of T+1, conversations longer than T+1 truncated at
-  render time (counted as lost);
+- nanosft: BOS-aligned best-fit (buffer 100, ``packing_strategy: nanochat``), rows of T+1, conversations
+  longer than T+1 truncated at render time (counted as lost);
+- nanosft bfd (``packing_strategy: bfd``): best-fit decreasing over the whole dataset, nothing cropped, with
+  over-long conversations truncated, or split into continuation pieces (``overlong: split``: nothing lost);
 - TRL ``pack_dataset(strategy="bfd")`` and ``"wrapped"`` (rows of T; bfd truncates long conversations,
   wrapped cuts them across rows: no loss, but cross-document contamination);
 - no packing: batches of 32 in mixture order, padded to the longest (truncated at T).
 Then the throughput of ``PackedCollator`` on one core (tokens/s into ``[B, T]`` batches).
-Goals (issue 4): >= 99.5% real at T=2048 for best-fit; >= 2M tokens/s for the collator.
+Goals (issues 4, 13): >= 99.5% real at T=2048 for best-fit / bfd; >= 2M tokens/s for the collator.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ def main():
     args = p.parse_args()
 
     import datasets
+    import numpy as np
     import torch
     from trl.data_utils import pack_dataset as trl_pack
 
     from nanosft.data import DatasetSpec, load_mixture, render_dataset
-    from nanosft.packing import PackedCollator, pack_dataset
+    from nanosft.packing import PackedCollator, pack_best_fit_decreasing, pack_dataset
+    from nanosft.prepare import document_pieces
     from nanosft.template import ChatRenderer
     from nanosft.tokenizer import build_nanochat_tokenizer
 
@@ -58,6 +62,15 @@ def main():
         kept = sum(len(x) for x in rows["input_ids"])
         print(f"{T:>5} {'nanosft best-fit':<22} {len(rows):>7} {100 * kept / (len(rows) * (T + 1)):>7.2f} "
               f"{total - kept:>11} {r.stats.truncated:>9}")
+        cut = [min(n, T + 1) for n in lengths]
+        plan = pack_best_fit_decreasing(cut, T + 1)
+        print(f"{T:>5} {'nanosft bfd':<22} {len(plan):>7} {100 * sum(cut) / (len(plan) * (T + 1)):>7.2f} "
+              f"{total - sum(cut):>11} {r.stats.truncated:>9}")
+        _, _, pieces, _ = document_pieces(np.array(lengths), T + 1, split=True)
+        plan = pack_best_fit_decreasing(pieces.tolist(), T + 1)
+        fill = 100 * int(pieces.sum()) / (len(plan) * (T + 1))
+        print(f"{T:>5} {'nanosft bfd + split':<22} {len(plan):>7} {fill:>7.2f} "
+              f"{0:>11} {0:>9}   ({len(pieces) - len(lengths)} continuation pieces)")
         ds = datasets.Dataset.from_dict({"input_ids": full["input_ids"]})
         for strategy in ("bfd", "wrapped"):
             packed = trl_pack(ds, T, strategy=strategy)

@@ -10,6 +10,8 @@ Defaults that differ from TRL's, and why:
 - ``gradient_checkpointing``: off (nanochat does not use it; TRL defaults it on).
 - ``remove_unused_columns``: off (packed rows carry ``seq_lengths``, which the collator needs).
 - ``dataset_kwargs``: ``skip_prepare_dataset`` (data arrive rendered and packed; TRL would re-truncate).
+- ``packing_strategy``: "nanochat" (buffered best-fit, nanochat's rows) or "bfd" (nanosft's whole-dataset
+  best-fit decreasing, nothing cropped), never TRL's own packing (TRL's "bfd" crops long conversations).
 - ``logging_steps``: 1; ``report_to``: none (offline-safe; set tensorboard/trackio/wandb).
 """
 
@@ -74,8 +76,23 @@ class NanoSFTConfig(SFTConfig):
         default=False, metadata={"help": "Skip invalid conversations (counted and logged) instead of failing."}
     )
     mixture_seed: int = field(default=42, metadata={"help": "Seed of the mixture shuffle (nanochat: 42)."})
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the rendered and packed data cache (nanosft/prepare.py). "
+                  "None: <output_dir>/_data_cache."},
+    )
     # --- packing ---
+    packing_strategy: str = field(
+        default="nanochat",
+        metadata={"help": "'nanochat': buffered best-fit in stream order (nanochat's SFT loader); 'bfd': best-fit "
+                  "decreasing over the whole dataset (tighter, nothing cropped)."},
+    )
     pack_buffer_size: int = field(default=100, metadata={"help": "Conversations held for best-fit packing."})
+    overlong: str = field(
+        default="truncate",
+        metadata={"help": "Conversations longer than max_length + 1 tokens: 'truncate' (nanochat) or 'split' into "
+                  "continuation rows (no supervised token lost)."},
+    )
     attention: str = field(
         default="document",
         metadata={"help": "'document': no attention across packed conversations; 'causal': nanochat's behaviour."},
@@ -141,6 +158,10 @@ class NanoSFTConfig(SFTConfig):
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if self.attention not in ("document", "causal"):
             raise ConfigError(f"attention: must be 'document' or 'causal', got {self.attention!r}")
+        if self.packing_strategy not in ("nanochat", "bfd"):
+            raise ConfigError(f"packing_strategy: must be 'nanochat' or 'bfd', got {self.packing_strategy!r}")
+        if self.overlong not in ("truncate", "split"):
+            raise ConfigError(f"overlong: must be 'truncate' or 'split', got {self.overlong!r}")
         if self.optimizer not in ("muon", "adamw"):
             raise ConfigError(f"optimizer: must be 'muon' or 'adamw', got {self.optimizer!r}")
         if self.model_name_or_path is None and self.model_config is None:

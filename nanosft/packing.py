@@ -196,3 +196,58 @@ class PackedCollator:
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(doc_lens), max_length_k=max(doc_lens))
         batch.update(labels=labels, shift_labels=labels, real_tokens=torch.tensor(real))
         return batch
+
+
+def pack_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Plan rows with best-fit decreasing over the whole dataset (nothing cropped).
+
+    Conversations are placed longest first (ties: stream order); each goes into the open row whose
+    remaining room is the smallest that still fits it, or opens a new row. This is the classic BFD
+    bin-packing heuristic (Johnson, "Near-optimal bin packing algorithms", MIT 1973; at most
+    11/9 OPT + 1 rows), which TRL's ``pack_dataset(strategy="bfd")`` also uses, except that TRL crops
+    conversations longer than a row while here none is (truncate or split them at render time).
+    Rows are not in stream order; the Trainer shuffles rows anyway.
+
+    Args:
+        lengths: token count of each conversation.
+        capacity: tokens per row, T + 1.
+
+    Returns:
+        rows in the order they were opened, each a list of conversation indices (longest first); every
+        index appears exactly once. Deterministic: among rows with equal room the most recently filled
+        one is taken.
+
+    Raises:
+        ValueError: a conversation is longer than ``capacity`` or empty.
+    """
+    for i, n in enumerate(lengths):
+        if n > capacity or n < 1:
+            raise ValueError(
+                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
+                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
+            )
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep stream order
+    rows: list[list[int]] = []
+    rooms: list[int] = []  # sorted distinct room values that have at least one open row
+    open_rows: dict[int, list[int]] = {}  # room -> indices of rows with exactly that room (a stack)
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(rooms, n)
+        if k == len(rooms):
+            r = len(rows)
+            rows.append([i])
+            room = capacity - n
+        else:
+            old = rooms[k]
+            stack = open_rows[old]
+            r = stack.pop()
+            if not stack:
+                del rooms[k], open_rows[old]
+            rows[r].append(i)
+            room = old - n
+        if room > 0:
+            if room not in open_rows:
+                bisect.insort(rooms, room)
+                open_rows[room] = []
+            open_rows[room].append(r)
+    return rows

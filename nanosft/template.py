@@ -216,6 +216,11 @@ def parse_calculator_annotations(answer: str) -> list[dict]:
     return parts
 
 
+# Version of the token layout ChatRenderer produces; bump it whenever rendering changes the ids or masks of
+# any conversation: prepared data caches (nanosft/prepare.py) are keyed by it.
+CHAT_FORMAT_VERSION = 1
+
+
 @dataclass
 class RenderStats:
     """Counters of one renderer: conversations rendered and truncated, tokens dropped by truncation.

@@ -17,6 +17,7 @@ import os
 import sys
 
 from .errors import run_cli
+from .prepare import check_supervision  # noqa: F401  (re-exported: the check runs when the data are prepared)
 
 logger = logging.getLogger("nanosft.train")
 
@@ -52,59 +53,22 @@ def load_tokenizer(cfg):
 
 
 def build_datasets(cfg, tokenizer):
-    """Load, validate, render and pack the train (and eval) mixtures.
+    """Load, validate, render and pack the train (and eval) mixtures, once: through the data cache.
+
+    The main process of each node prepares first (``main_process_first``): it finds the cache of this
+    config's fingerprint or builds it (``nanosft.prepare``); the other ranks then memory-map it.
 
     Returns:
         ``(train_rows, eval_rows | None, stats)`` where stats maps dataset label -> supervision stats.
     """
-    from .data import DatasetSpec, load_mixture, render_dataset, supervision_stats
-    from .packing import pack_dataset
-    from .template import ChatRenderer
+    from .prepare import prepare_from_config
 
-    renderer = ChatRenderer(tokenizer, max_tokens=cfg.max_length + 1)
-    specs = [DatasetSpec.from_dict(d) for d in cfg.datasets]
-    convs, sources = load_mixture(specs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
-    rendered = render_dataset(renderer, convs, sources)
-    stats = supervision_stats(rendered, renderer.stats)  # + per-dataset truncation counts
-    for src, s in stats.items():
+    with cfg.main_process_first(desc="prepare the data"):
+        train, evaluation = prepare_from_config(cfg, tokenizer)
+    for src, s in train.stats.items():
         logger.info("%-32s %6d conv  mean %6.1f tok  max %5d  supervised %.1f%%", src, s["conversations"],
                     s["mean_len"], s["max_len"], 100 * s["supervised_ratio"])
-    check_supervision(rendered, tokenizer)
-    train_rows = pack_dataset(rendered, cfg.max_length, cfg.pack_buffer_size)
-    eval_rows = None
-    if cfg.eval_datasets:
-        especs = [DatasetSpec.from_dict(d) for d in cfg.eval_datasets]
-        econvs, esources = load_mixture(especs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
-        eval_rows = pack_dataset(render_dataset(renderer, econvs, esources, name="eval"), cfg.max_length, cfg.pack_buffer_size)
-    return train_rows, eval_rows, stats
-
-
-def check_supervision(rendered, tokenizer, first: int = 256) -> None:
-    """Refuse to train when the first conversations supervise nothing or never ``<|assistant_end|>``.
-
-    Args:
-        rendered: a dataset (or dict of lists) with ``input_ids`` and ``assistant_masks``, in training order.
-        first: how many leading conversations to check (the first batches).
-
-    Raises:
-        DataValidationError: naming what is missing and what to check (template, masks).
-    """
-    from .errors import DataValidationError
-    from .tokenizer import ASSISTANT_END
-
-    end_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END)
-    n = min(first, len(rendered))
-    sup = end = 0
-    for ids, mask in zip(rendered["input_ids"][:n], rendered["assistant_masks"][:n]):
-        sup += sum(mask)
-        end += sum(1 for t, m in zip(ids, mask) if m and t == end_id)
-    if sup == 0:
-        raise DataValidationError(f"no supervised token in the first {n} conversations: check the datasets' "
-                                  "assistant turns")
-    if end == 0:
-        raise DataValidationError(f"no supervised <|assistant_end|> in the first {n} conversations: the model "
-                                  "would never learn to stop; check the chat format (assistant masks), or raise "
-                                  "`max_length` if truncation cut the conversations' ends")
+    return train.rows, evaluation.rows if evaluation is not None else None, train.stats
 
 
 def load_model(cfg, tokenizer):

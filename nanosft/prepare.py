@@ -1,0 +1,592 @@
+"""Render and pack a mixture once, to disk; every rank and every restart memory-maps the result.
+
+    python -m nanosft.prepare --config configs/d20.yaml [--set key=value ...]
+
+builds the cache ahead of a (multi-node) launch; ``nanosft.train`` calls the same ``prepare_rows``
+under ``main_process_first``, so the main process of each node builds (or finds) the cache and the
+other ranks only memory-map it.
+
+Steps of a build (``prepare_rows``), all in bounded memory except the raw conversations themselves:
+
+1. ``load_mixture`` (validated, shuffled conversations, as before).
+2. Rendering in chunks of 1,000 conversations (``ChatRenderer.render_batch``), optionally in
+   ``num_proc`` forked workers, with a progress bar. Each chunk is appended to flat token and mask
+   files (int32, int8); per-source supervision stats and truncation counts are accumulated on the way.
+3. The packing plan is computed from the array of lengths: ``packing_strategy="nanochat"`` is the
+   buffered best-fit of today (``pack_best_fit``, identical rows), ``"bfd"`` is best-fit decreasing over
+   the whole dataset (``pack_best_fit_decreasing``).
+4. Packed rows are gathered from the memory-mapped flat files a few thousand rows at a time and written
+   as one Arrow IPC file: ``input_ids`` list<int32>, ``assistant_masks`` list<int8>, ``seq_lengths``
+   list<int32>. ``datasets.Dataset.from_file`` memory-maps it.
+
+Over-long conversations (more than ``max_length + 1`` tokens): ``overlong="truncate"`` cuts them
+(nanochat, counted in ``truncated``/``tokens_dropped``); ``"split"`` cuts them into continuation pieces
+of at most ``max_length + 1`` tokens, each starting with the last token of the previous piece with its
+mask cleared (context only), so every supervised token stays a target exactly once
+(counted in ``split``/``continuation_rows``).
+
+Cache key: a SHA-256 fingerprint of everything that changes the rows (``fingerprint_inputs``): the
+dataset specs, the contents of the local files they read or their Hub revisions, the tokenizer, the
+chat-format version, ``max_length``, the packing options, the seed and ``skip_invalid``. A build is
+written into a ``.tmp-<name>-<fingerprint>-<host>-<pid>-*`` folder and renamed into place once complete
+(atomic; a killed build's folder is removed by the next build on that host), with ``meta.json``
+(fingerprint inputs, stats, row count, file size); a cache folder whose meta or Arrow file does not
+check out is rebuilt. Every hit or miss is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import mmap
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from itertools import chain
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.fingerprint import Hasher
+from datasets.utils.tqdm import tqdm
+from huggingface_hub import HfApi
+
+from .checkpoint import write_json_atomic
+from .config import build_config, read_config_dict
+from .data import DatasetSpec, DataValidationError, load_mixture
+from .errors import run_cli
+from .packing import pack_best_fit, pack_best_fit_decreasing
+from .template import CHAT_FORMAT_VERSION, ChatRenderer, RenderStats
+from .tokenizer import ASSISTANT_END
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # layout of a cache folder; bump when it changes
+PACKING_STRATEGIES = ("nanochat", "bfd")
+OVERLONG_MODES = ("truncate", "split")
+ROWS_FILE, META_FILE = "rows.arrow", "meta.json"
+
+# Local folder (under data_dir) each loader reads; a loader not listed here fingerprints the whole data_dir.
+LOCAL_FOLDERS = {"gsm8k": "gsm8k", "identity": "identity", "spellingbee": "words", "simplespelling": "words",
+                 "gpteacher": "gpteacher", "mmlu": "mmlu", "arc": "arc"}
+# Hub dataset each loader reads without data_dir (nanosft/tasks/*.py, nanosft/data.py).
+HUB_IDS = {"gsm8k": "openai/gsm8k", "arc": "allenai/ai2_arc", "mmlu": "cais/mmlu",
+           "gpteacher": "teknium/GPTeacher-General-Instruct", "smoltalk": "HuggingFaceTB/smol-smoltalk"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# fingerprint
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_tree(path: str) -> str:
+    """SHA-256 over the relative paths and contents of every file under ``path`` (sorted)."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode() + b"\0" + _sha256_file(full).encode())
+    return h.hexdigest()
+
+
+def _hub_revision(repo_id: str) -> str:
+    """The current commit of a Hub dataset, or ``"unresolved (...)"`` offline (then Hub changes go unseen)."""
+    if any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return "unresolved (offline)"
+    try:
+        return HfApi().dataset_info(repo_id, timeout=10).sha or "unresolved (no sha)"
+    except Exception as e:  # network or auth: the cache still works, keyed without the revision
+        return f"unresolved ({type(e).__name__})"
+
+
+def source_inputs(spec: DatasetSpec, data_dir: str | None) -> dict:
+    """What one dataset's rows depend on: its spec, the SHA-256 of the local files it reads, its Hub revision."""
+    out: dict = {"spec": asdict(spec)}
+    if spec.path:
+        out["path_sha256"] = _sha256_file(spec.path) if os.path.isfile(spec.path) else "missing"
+    elif data_dir:
+        folder = os.path.join(data_dir, LOCAL_FOLDERS.get(spec.name, ""))
+        if os.path.isdir(folder):
+            out["data_sha256"] = _sha256_tree(folder)
+    always_hub = spec.name == "smoltalk" or (spec.name == "mmlu" and spec.split == "auxiliary_train")
+    hub_id = spec.hub_id or HUB_IDS.get(spec.name)
+    if hub_id and (data_dir is None or always_hub or spec.name == "hub"):
+        out["hub_revision"] = {hub_id: _hub_revision(hub_id)}
+    return out
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of the tokenizer's full serialization (vocab, merges, added tokens) and chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # a slow tokenizer: datasets' pickling hash
+        h.update(Hasher.hash(tokenizer).encode())
+    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
+    return h.hexdigest()
+
+
+def fingerprint_inputs(specs: list[DatasetSpec], data_dir: str | None, tokenizer, max_length: int,
+                       packing_strategy: str = "nanochat", buffer_size: int = 100, overlong: str = "truncate",
+                       seed: int = 42, skip_invalid: bool = False) -> dict:
+    """Everything that changes the packed rows, as a JSON-able dict (``fingerprint`` hashes it)."""
+    return {
+        "cache_format": CACHE_FORMAT,
+        "chat_format_version": CHAT_FORMAT_VERSION,
+        "sources": [source_inputs(s, data_dir) for s in specs],
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": max_length,
+        "packing_strategy": packing_strategy,
+        "pack_buffer_size": buffer_size if packing_strategy == "nanochat" else None,
+        "overlong": overlong,
+        "seed": seed,
+        "skip_invalid": skip_invalid,
+    }
+
+
+def fingerprint(inputs: dict) -> str:
+    """First 16 hex digits of the SHA-256 of ``inputs`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------
+# checks on rendered conversations
+
+def check_supervision(rendered, tokenizer, first: int = 256) -> None:
+    """Refuse to train when the first conversations supervise nothing or never ``<|assistant_end|>``.
+
+    Args:
+        rendered: a dataset (or dict of lists) with ``input_ids`` and ``assistant_masks``, in training order.
+        first: how many leading conversations to check (the first batches).
+
+    Raises:
+        DataValidationError: naming what is missing and what to check (template, masks).
+    """
+    end_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END)
+    n = min(first, len(rendered["input_ids"]))
+    sup = end = 0
+    for ids, mask in zip(rendered["input_ids"][:n], rendered["assistant_masks"][:n]):
+        sup += sum(mask)
+        end += sum(1 for t, m in zip(ids, mask) if m and t == end_id)
+    if sup == 0:
+        raise DataValidationError(f"no supervised token in the first {n} conversations: check the datasets' "
+                                  "assistant turns")
+    if end == 0:
+        raise DataValidationError(f"no supervised <|assistant_end|> in the first {n} conversations: the model "
+                                  "would never learn to stop; check the chat format (assistant masks), or raise "
+                                  "`max_length` if truncation cut the conversations' ends")
+
+
+# ----------------------------------------------------------------------------------------------------
+# build
+
+_WORK: dict = {}  # renderer, conversations, sources, chunk: set before forking the render workers
+
+
+def _render_chunk(start: int):
+    """Render conversations [start, start + chunk): flat int32 ids, int8 masks, int64 lengths, RenderStats."""
+    renderer, convs, sources, chunk = _WORK["renderer"], _WORK["convs"], _WORK["sources"], _WORK["chunk"]
+    renderer.stats = RenderStats()
+    out = renderer.render_batch(convs[start:start + chunk], normalized=True, sources=sources[start:start + chunk])
+    lens = np.fromiter((len(x) for x, _ in out), dtype=np.int64, count=len(out))
+    total = int(lens.sum())
+    ids = np.fromiter(chain.from_iterable(x for x, _ in out), dtype=np.int32, count=total)
+    mask = np.fromiter(chain.from_iterable(m for _, m in out), dtype=np.int8, count=total)
+    return ids, mask, lens, renderer.stats
+
+
+def _merge_render_stats(into: RenderStats, part: RenderStats) -> None:
+    into.conversations += part.conversations
+    into.truncated += part.truncated
+    into.tokens_dropped += part.tokens_dropped
+    for src, per in part.by_source.items():
+        acc = into.by_source.setdefault(src, {"conversations": 0, "truncated": 0, "tokens_dropped": 0})
+        for k, v in per.items():
+            acc[k] += v
+
+
+def document_pieces(lengths: np.ndarray, capacity: int, split: bool):
+    """Documents to pack: (conversation index, offset in it, length, is a continuation) as arrays.
+
+    Without ``split`` each conversation is one document. With it, a conversation of L > capacity tokens
+    becomes ceil((L - 1) / (capacity - 1)) pieces starting every capacity - 1 tokens (one token overlap).
+    """
+    n = len(lengths)
+    counts = np.ones(n, dtype=np.int64)
+    if split:
+        over = lengths > capacity
+        counts[over] = -(-(lengths[over] - 1) // (capacity - 1))
+    conv = np.repeat(np.arange(n, dtype=np.int64), counts)
+    k = np.arange(len(conv), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    offset = k * (capacity - 1)
+    length = np.minimum(lengths[conv] - offset, capacity) if split else lengths[conv]
+    return conv, offset, length, k > 0
+
+
+def _write_rows(path: str, rows: list[list[int]], doc_start: np.ndarray, doc_len: np.ndarray, doc_cont: np.ndarray,
+                ids_file: str, mask_file: str, block: int = 2048) -> None:
+    """Gather packed rows from the flat token/mask files and write them as an Arrow IPC stream."""
+    ids_mm = np.memmap(ids_file, dtype=np.int32, mode="r") if os.path.getsize(ids_file) else np.zeros(0, np.int32)
+    mask_mm = np.memmap(mask_file, dtype=np.int8, mode="r") if os.path.getsize(mask_file) else np.zeros(0, np.int8)
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("assistant_masks", pa.list_(pa.int8())),
+                        ("seq_lengths", pa.list_(pa.int32()))])
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for a in range(0, len(rows), block):
+            part = rows[a:a + block]
+            docs = np.fromiter(chain.from_iterable(part), dtype=np.int64)
+            per_row = np.fromiter((len(r) for r in part), dtype=np.int64, count=len(part))
+            dl, ds = doc_len[docs], doc_start[docs]
+            off = np.cumsum(dl) - dl  # start of each document in this block's flat values
+            idx = np.repeat(ds - off, dl) + np.arange(int(dl.sum()), dtype=np.int64)
+            vals, masks = ids_mm[idx], mask_mm[idx]  # fancy indexing copies
+            for mm in (ids_mm, mask_mm):  # drop the mapped pages read so far: RSS stays flat in the file size
+                if isinstance(mm, np.memmap) and hasattr(mmap, "MADV_DONTNEED"):
+                    mm._mmap.madvise(mmap.MADV_DONTNEED)
+            masks[off[doc_cont[docs]]] = 0  # a continuation's first token is context only
+            doc_offsets = np.concatenate([[0], np.cumsum(per_row)])
+            row_tokens = np.add.reduceat(dl, doc_offsets[:-1]) if len(dl) else np.zeros(0, np.int64)
+            tok_offsets = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
+            batch = pa.record_batch([
+                pa.ListArray.from_arrays(tok_offsets, pa.array(vals, pa.int32())),
+                pa.ListArray.from_arrays(tok_offsets, pa.array(masks, pa.int8())),
+                pa.ListArray.from_arrays(pa.array(doc_offsets.astype(np.int32)), pa.array(dl.astype(np.int32))),
+            ], schema=schema)
+            writer.write_batch(batch)
+
+
+def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strategy, buffer_size, overlong, seed,
+           skip_invalid, num_proc, name, check) -> dict:
+    """Load, render and pack into ``folder`` (a fresh temp folder); returns the meta record (without inputs)."""
+    t0 = time.perf_counter()
+    capacity = max_length + 1
+    convs, sources = load_mixture(specs, data_dir, seed=seed, skip_invalid=skip_invalid)
+    t_load = time.perf_counter() - t0
+    renderer = ChatRenderer(tokenizer, max_tokens=capacity if overlong == "truncate" else None)
+    ids_file, mask_file = os.path.join(folder, "ids.bin"), os.path.join(folder, "mask.bin")
+    chunk = 1000
+    _WORK.update(renderer=renderer, convs=convs, sources=sources, chunk=chunk)
+    starts = range(0, len(convs), chunk)
+    render_stats = RenderStats()
+    acc: dict[str, dict] = {}
+    lengths: list[np.ndarray] = []
+    head = {"input_ids": [], "assistant_masks": []}  # the first 256 conversations, for check_supervision
+    pool = None
+    if num_proc and num_proc > 1 and len(starts) > 1:
+        pool = multiprocessing.get_context("fork").Pool(num_proc)
+        results = pool.imap(_render_chunk, starts)
+    else:
+        results = map(_render_chunk, starts)
+    try:
+        with open(ids_file, "wb") as f_ids, open(mask_file, "wb") as f_mask, \
+                tqdm(total=len(convs), desc=f"render {name}", unit="conv") as bar:
+            for start, (ids, mask, lens, st) in zip(starts, results):
+                ids.tofile(f_ids)
+                mask.tofile(f_mask)
+                lengths.append(lens)
+                _merge_render_stats(render_stats, st)
+                offsets = np.cumsum(lens) - lens
+                sup = np.add.reduceat(mask.astype(np.int64), offsets) if len(lens) else lens
+                for src, n, s in zip(sources[start:start + chunk], lens.tolist(), sup.tolist()):
+                    a = acc.get(src)
+                    if a is None:
+                        a = acc[src] = {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0}
+                    a["conversations"] += 1
+                    a["tokens"] += n
+                    a["supervised"] += s
+                    a["max_len"] = max(a["max_len"], n)
+                if check and len(head["input_ids"]) < 256:
+                    for o, n in zip(offsets.tolist(), lens.tolist()):
+                        if len(head["input_ids"]) < 256:
+                            head["input_ids"].append(ids[o:o + n].tolist())
+                            head["assistant_masks"].append(mask[o:o + n].tolist())
+                    if len(head["input_ids"]) >= min(256, len(convs)):
+                        check_supervision(head, tokenizer)
+                bar.update(len(lens))
+    finally:
+        if pool is not None:
+            pool.terminate()
+        _WORK.clear()
+    del convs
+    t_render = time.perf_counter() - t0 - t_load
+    renderer.stats = render_stats
+    renderer.log_stats(name)
+
+    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    conv_start = np.cumsum(lengths_all) - lengths_all
+    conv, offset, doc_len, doc_cont = document_pieces(lengths_all, capacity, overlong == "split")
+    doc_start = conv_start[conv] + offset
+    plan_lengths = doc_len.tolist()
+    if packing_strategy == "bfd":
+        rows = pack_best_fit_decreasing(plan_lengths, capacity)
+    else:
+        rows = pack_best_fit(plan_lengths, capacity, buffer_size)
+    path = os.path.join(folder, ROWS_FILE)
+    _write_rows(path, rows, doc_start, doc_len, doc_cont, ids_file, mask_file)
+    os.unlink(ids_file)
+    os.unlink(mask_file)
+    t_pack = time.perf_counter() - t0 - t_load - t_render
+
+    # per-source stats: supervision_stats' keys + truncation (or split) counts
+    split_per_src: dict[str, list[int]] = {}
+    if overlong == "split":
+        pieces = np.bincount(conv, minlength=len(lengths_all))
+        for src, p in zip(sources, pieces.tolist()):
+            if p > 1:
+                s = split_per_src.setdefault(src, [0, 0])
+                s[0] += 1
+                s[1] += p - 1
+    stats = {}
+    for src, a in sorted(acc.items()):
+        per = render_stats.by_source.get(src, {})
+        stats[src] = {**a, "supervised_ratio": a["supervised"] / max(a["tokens"], 1),
+                      "mean_len": a["tokens"] / max(a["conversations"], 1),
+                      "truncated": per.get("truncated", 0), "tokens_dropped": per.get("tokens_dropped", 0),
+                      "overlong": overlong}
+        if overlong == "split":
+            stats[src]["split"], stats[src]["continuation_rows"] = split_per_src.get(src, [0, 0])
+    real = int(doc_len.sum()) - int(doc_cont.sum())  # overlap tokens of continuations counted once
+    slots = len(rows) * capacity
+    packing = {"strategy": packing_strategy, "rows": len(rows), "capacity": capacity,
+               "documents": len(plan_lengths), "conversations": int(len(lengths_all)),
+               "real_tokens": int(doc_len.sum()), "fill": int(doc_len.sum()) / max(slots, 1),
+               "tokens_kept": real, "overlong": overlong, "truncated": render_stats.truncated,
+               "tokens_dropped": render_stats.tokens_dropped,
+               "split": sum(v[0] for v in split_per_src.values()),
+               "continuation_rows": sum(v[1] for v in split_per_src.values()),
+               "seconds": {"load": round(t_load, 2), "render": round(t_render, 2), "pack": round(t_pack, 2)}}
+    logger.info("%s: packed %d documents into %d rows of %d tokens (%s): %.2f%% of slots real; load %.1f s, "
+                "render %.1f s, pack+write %.1f s", name, len(plan_lengths), len(rows), capacity, packing_strategy,
+                100 * packing["fill"], t_load, t_render, t_pack)
+    return {"num_rows": len(rows), "arrow_bytes": os.path.getsize(path), "stats": stats, "packing": packing}
+
+
+# ----------------------------------------------------------------------------------------------------
+# cache
+
+@dataclass
+class PreparedRows:
+    """A prepared (rendered + packed) mixture.
+
+    Attributes:
+        rows: memory-mapped ``datasets.Dataset`` with ``input_ids`` (list of int32), ``assistant_masks``
+            (list of int8, 0/1) and ``seq_lengths`` (list of int32; the documents of the row), each row at
+            most ``max_length + 1`` tokens.
+        stats: per source: conversations, tokens, supervised, supervised_ratio, mean_len, max_len,
+            truncated, tokens_dropped, overlong (+ split, continuation_rows with ``overlong="split"``).
+        packing: rows, capacity, fill (real tokens / row slots), counts of truncated or split conversations.
+        fingerprint: the cache key; path: the cache folder; status: "hit" or "built"; reason: why it was built.
+    """
+
+    rows: object
+    stats: dict
+    packing: dict
+    fingerprint: str
+    path: str
+    status: str
+    reason: str
+
+
+def _check_cache(folder: str, fp: str):
+    """``(dataset, meta)`` of a complete cache folder, or ``(None, reason)``."""
+    meta_path, rows_path = os.path.join(folder, META_FILE), os.path.join(folder, ROWS_FILE)
+    if not os.path.isdir(folder):
+        return None, "no cache for this fingerprint"
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        return None, f"corrupt cache ({META_FILE}: {type(e).__name__})"
+    if meta.get("fingerprint") != fp or meta.get("inputs", {}).get("cache_format") != CACHE_FORMAT:
+        return None, "corrupt cache (fingerprint or format mismatch in meta.json)"
+    size = os.path.getsize(rows_path) if os.path.isfile(rows_path) else -1
+    if size != meta.get("arrow_bytes"):
+        return None, f"corrupt cache ({ROWS_FILE} has {size} bytes, meta.json says {meta.get('arrow_bytes')})"
+    try:
+        ds = datasets.Dataset.from_file(rows_path)
+    except Exception as e:  # a damaged IPC stream: pyarrow raises ArrowInvalid and friends
+        return None, f"corrupt cache ({ROWS_FILE}: {type(e).__name__})"
+    if len(ds) != meta.get("num_rows"):
+        return None, f"corrupt cache ({len(ds)} rows, meta.json says {meta.get('num_rows')})"
+    return ds, meta
+
+
+def _changed_inputs(cache_dir: str, name: str, inputs: dict) -> str:
+    """Which inputs differ from the most recent other cache of ``name`` (for the miss reason)."""
+    metas = sorted(glob.glob(os.path.join(cache_dir, f"{name}-*", META_FILE)), key=os.path.getmtime)
+    for path in reversed(metas):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)["inputs"]
+        except (OSError, ValueError, KeyError):
+            continue
+        def canon(d, k):
+            return json.dumps(d.get(k), sort_keys=True, default=str)
+
+        changed = [k for k in sorted(set(old) | set(inputs)) if canon(old, k) != canon(inputs, k)]
+        return f"inputs changed since {os.path.basename(os.path.dirname(path))}: {', '.join(changed) or 'none'}"
+    return "no cache yet"
+
+
+def _remove_dead_builds(prefix: str) -> None:
+    """Remove temp folders ``<prefix><pid>-<random>`` of builds on this host whose process is gone."""
+    for stale in glob.glob(prefix + "*"):
+        try:
+            pid = int(stale[len(prefix):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:  # killed mid-build
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours to judge
+            pass
+
+
+def _commit(tmp: str, folder: str, fp: str) -> None:
+    """Rename a finished build into place; a valid cache that appeared meanwhile (another node) wins."""
+    if os.path.exists(folder):
+        if _check_cache(folder, fp)[0] is not None:
+            shutil.rmtree(tmp)
+            return
+        shutil.rmtree(folder)  # corrupt
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # lost a race to another builder of the same fingerprint
+        if _check_cache(folder, fp)[0] is None:
+            raise
+        shutil.rmtree(tmp)
+
+
+def prepare_rows(specs: list[DatasetSpec], data_dir: str | None, tokenizer, *, max_length: int, cache_dir: str,
+                 packing_strategy: str = "nanochat", buffer_size: int = 100, overlong: str = "truncate",
+                 seed: int = 42, skip_invalid: bool = False, num_proc: int | None = None, name: str = "train",
+                 check: bool = True) -> PreparedRows:
+    """The packed rows of a mixture, from the cache when its fingerprint matches, else built and cached.
+
+    Args:
+        specs, data_dir, seed, skip_invalid: the mixture (``load_mixture``).
+        tokenizer: an HF fast tokenizer with the nanochat special tokens (``ChatRenderer``).
+        max_length: T; rows hold T + 1 tokens.
+        cache_dir: folder of the cache (created); one sub-folder ``<name>-<fingerprint>`` per build.
+        packing_strategy: "nanochat" (buffered best-fit, ``buffer_size`` conversations) or "bfd".
+        overlong: "truncate" or "split" conversations longer than T + 1 tokens.
+        num_proc: forked render workers (None or 1: in this process).
+        name: "train" or "eval", in folder names and logs.
+        check: run ``check_supervision`` on the first 256 conversations of a build.
+
+    Returns:
+        ``PreparedRows``.
+
+    Raises:
+        ValueError: unknown ``packing_strategy`` or ``overlong``; from ``check_supervision``.
+        DataSourceError, DataValidationError: from ``load_mixture`` (on a build).
+    """
+    if packing_strategy not in PACKING_STRATEGIES:
+        raise ValueError(f"packing_strategy must be one of {PACKING_STRATEGIES}, got {packing_strategy!r}")
+    if overlong not in OVERLONG_MODES:
+        raise ValueError(f"overlong must be one of {OVERLONG_MODES}, got {overlong!r}")
+    inputs = fingerprint_inputs(specs, data_dir, tokenizer, max_length, packing_strategy, buffer_size, overlong,
+                                seed, skip_invalid)
+    fp = fingerprint(inputs)
+    folder = os.path.join(cache_dir, f"{name}-{fp}")
+    ds, meta = _check_cache(folder, fp)
+    if ds is not None:
+        logger.info("%s data: cache hit %s (%d rows)", name, folder, len(ds))
+        return PreparedRows(ds, meta["stats"], meta["packing"], fp, folder, "hit", "")
+    reason = meta if meta != "no cache for this fingerprint" else _changed_inputs(cache_dir, name, inputs)
+    logger.info("%s data: cache miss (%s); building %s", name, reason, folder)
+    created = _missing_folders(cache_dir)  # removed again if the build fails: a bad input leaves nothing behind
+    os.makedirs(cache_dir, exist_ok=True)
+    prefix = os.path.join(cache_dir, f".tmp-{name}-{fp}-{socket.gethostname()}-")
+    _remove_dead_builds(prefix)
+    tmp = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    try:
+        record = _build(tmp, specs, data_dir, tokenizer, max_length=max_length, packing_strategy=packing_strategy,
+                        buffer_size=buffer_size, overlong=overlong, seed=seed, skip_invalid=skip_invalid,
+                        num_proc=num_proc, name=name, check=check)
+        record = {"fingerprint": fp, "inputs": inputs, **record}
+        write_json_atomic(os.path.join(tmp, META_FILE), record)
+        _commit(tmp, folder, fp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # deepest first; stops at the first folder another process has written into
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
+    ds = datasets.Dataset.from_file(os.path.join(folder, ROWS_FILE))
+    return PreparedRows(ds, record["stats"], record["packing"], fp, folder, "built", reason)
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    out, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        out.append(path)
+        path = os.path.dirname(path)
+    return out
+
+
+def default_cache_dir(cfg) -> str:
+    """``cfg.data_cache_dir``, else ``<output_dir>/_data_cache`` ("_*": never uploaded by the Hub push)."""
+    return cfg.data_cache_dir or os.path.join(cfg.output_dir, "_data_cache")
+
+
+def prepare_from_config(cfg, tokenizer, eval_split: bool = True) -> tuple[PreparedRows, PreparedRows | None]:
+    """``prepare_rows`` for ``cfg.datasets`` (and ``cfg.eval_datasets``) with the config's options."""
+    kw = dict(max_length=cfg.max_length, cache_dir=default_cache_dir(cfg), packing_strategy=cfg.packing_strategy,
+              buffer_size=cfg.pack_buffer_size, overlong=cfg.overlong, seed=cfg.mixture_seed,
+              skip_invalid=cfg.skip_invalid, num_proc=cfg.dataset_num_proc)
+    train = prepare_rows([DatasetSpec.from_dict(d) for d in cfg.datasets], cfg.data_dir, tokenizer, name="train", **kw)
+    evaluation = None
+    if eval_split and cfg.eval_datasets:
+        evaluation = prepare_rows([DatasetSpec.from_dict(d) for d in cfg.eval_datasets], cfg.data_dir, tokenizer,
+                                  name="eval", check=False, **kw)
+    return train, evaluation
+
+
+def main(argv=None) -> int:
+    """``python -m nanosft.prepare --config X [--set k=v ...]``: build (or find) the data cache of a config.
+
+    Under ``accelerate launch`` the local main process of each node builds first; the others then load.
+    Prints one line per process: rank, split, ``hit``/``built``, fingerprint, rows, cache folder.
+    """
+    p = argparse.ArgumentParser(prog="python -m nanosft.prepare", description=main.__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (configs/d20.yaml, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+    args = p.parse_args(argv)
+
+    cfg = build_config(dict(read_config_dict(args.config, args.overrides)), args.config)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
+    from .train import load_tokenizer  # the recipe's tokenizer resolution, one definition
+
+    tokenizer = load_tokenizer(cfg)
+    with cfg.main_process_first(desc="prepare the data"):
+        train, evaluation = prepare_from_config(cfg, tokenizer)
+    for split, prep in (("train", train), ("eval", evaluation)):
+        if prep is not None:
+            print(f"rank {cfg.process_index}: {split} {prep.status} {prep.fingerprint} rows={len(prep.rows)} "
+                  f"fill={prep.packing['fill']:.4f} {prep.path}" + (f" ({prep.reason})" if prep.reason else ""),
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
