@@ -14,7 +14,8 @@ read back from disk, so a report can be rebuilt for any run folder, also a crash
 | ``chatcore.json`` | ChatCORE of the final model from ``python -m nanosft.eval`` (overrides the log) |
 
 Plots (matplotlib, Agg backend: no display needed): ``loss.png``, ``lr.png``, ``val_bpb.png`` (when
-logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0). The before/after table gives a
+logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0); for RL runs ``reward.png``
+and ``pass_at_k.png``. The before/after table gives a
 binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
 Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
@@ -171,6 +172,12 @@ def make_plots(run_dir: str, log_history: list[dict], before: dict) -> dict[str,
         curves.append((key.replace("chatcore/", ""), xs, ys))
     out["chatcore"] = _plot(os.path.join(run_dir, "chatcore.png"), curves, "accuracy / centered score",
                             "ChatCORE over steps (step 0: base model)")
+    # RL runs (nanosft.rl): mean reward per step and pass@k at the eval cadence
+    out["reward"] = _plot(os.path.join(run_dir, "reward.png"), [("train reward", *series(log_history, "reward")),
+                          ("eval reward", *series(log_history, "eval_reward"))], "mean reward", "Reward")
+    ks = sorted({int(m.group(1)) for h in log_history for k in h if (m := re.match(r"^pass@(\d+)$", k))})
+    out["pass_at_k"] = _plot(os.path.join(run_dir, "pass_at_k.png"), [(f"pass@{k}", *series(log_history, f"pass@{k}"))
+                             for k in ks], "fraction of problems", "pass@k on held-out problems")
     return {k: v for k, v in out.items() if v}
 
 
