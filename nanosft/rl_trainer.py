@@ -90,6 +90,7 @@ class NanoRLConfig(NanoSFTConfig):
     save_steps: float = field(default=60, metadata={"help": "Save every N steps."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Fixed: one problem per micro-batch."})
     max_length: int | None = field(default=2048, metadata={"help": "Context of a fresh model_config model."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping (nanochat's RL: none)."})
 
     def __post_init__(self):
         for key in ("num_samples", "max_new_tokens", "examples_per_step", "device_batch_size", "eval_num_samples"):
@@ -125,12 +126,14 @@ def rollout_seed(seed: int, step: int, problem: int, batch: int, tag: str = "tra
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompt_ids: list[int], num_samples: int, batch_size: int,
                        seed_of_batch, max_new_tokens: int = 256, temperature: float = 1.0,
-                       top_k: int | None = 50, use_tool: bool = True) -> tuple[list[list[int]], list[list[int]]]:
+                       top_k: int | None = 50, use_tool: bool = True,
+                       logits_processors: list | None = None) -> tuple[list[list[int]], list[list[int]]]:
     """Sample ``num_samples`` completions of one prompt, ``batch_size`` per ``generate`` call.
 
     Args:
         prompt_ids: the rendered prompt, ending in ``<|assistant_start|>``.
         seed_of_batch: ``b -> seed`` of sampling batch b (see ``rollout_seed``).
+        logits_processors: extra ``LogitsProcessor`` s, applied before the tool (tests script a model).
 
     Returns:
         ``(tokens, masks)``: per sample its new token ids (forced tool tokens included, the stop token
@@ -143,7 +146,7 @@ def sample_completions(model, tokenizer, prompt_ids: list[int], num_samples: int
         out = generate_batch(model, tokenizer, [prompt_ids], num_samples=min(batch_size, num_samples - b),
                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                              seed=seed_of_batch(b // batch_size), use_tool=False,
-                             logits_processors=[tool] if tool else None)[0]
+                             logits_processors=[*(logits_processors or []), *([tool] if tool else [])])[0]
         for r, toks in enumerate(out):
             forced = set(tool.forced[r]) if tool and tool.forced else set()
             tokens.append(toks)
