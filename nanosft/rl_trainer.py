@@ -232,6 +232,9 @@ class NanoRLTrainer(NanoSFTTrainer):
         self.pad_id, self.python_start = ids[ASSISTANT_END], ids[PYTHON_START]
         self.model_accepts_loss_kwargs = False
         self._sampling_bar = None
+        # this rank's sums over the step's problems: reward, reward^2, completion tokens, tool users,
+        # trained tokens, samples
+        self._step_stats = torch.zeros(6, dtype=torch.float64)
 
     def prompt(self, i: int) -> list[int]:
         """Rendered prompt of problem ``i`` (cached)."""
@@ -278,7 +281,7 @@ class NanoRLTrainer(NanoSFTTrainer):
         model.train()
         total = torch.zeros((), device=a.device)
         sync_at_end = self.accelerator.gradient_state.sync_gradients  # the step's last micro-batch
-        stats = torch.zeros(6, dtype=torch.float64)
+        stats = self._step_stats
         for problem_index in inputs["problem_index"].tolist():
             ro = self.rollout(model, problem_index, step)
             rewards = ro["rewards"]
@@ -305,7 +308,14 @@ class NanoRLTrainer(NanoSFTTrainer):
             self._tokens_seen[0] += int(sum(lengths) + len(lengths) * len(self.prompt(problem_index)))
             if self._sampling_bar is not None:
                 self._sampling_bar.update(self.accelerator.num_processes)
-        g = self.accelerator.gather(stats.to(a.device).reshape(1, -1)).sum(0).tolist()
+        if sync_at_end:
+            self._log_step_stats()
+        return total
+
+    def _log_step_stats(self) -> None:
+        """Gather the step's rollout sums over ranks and add the step's means to the logged metrics."""
+        g = self.accelerator.gather(self._step_stats.to(self.args.device).reshape(1, -1)).sum(0).tolist()
+        self._step_stats.zero_()
         n_samples = max(g[5], 1)
         mean = g[0] / n_samples
         metrics = self._metrics["train"]
@@ -315,7 +325,6 @@ class NanoRLTrainer(NanoSFTTrainer):
         metrics["tool_use_fraction"].append(g[3] / n_samples)
         self._tokens_seen[1] += int(g[4])
         metrics["num_trained_tokens"] = [self._tokens_seen[1]]
-        return total
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """``NanoSFTTrainer.train`` with a "sampling" progress bar over problems (main process, tqdm on)."""
