@@ -4,7 +4,7 @@ A reward function maps one problem and one completion to a float:
 ``reward(problem: dict, completion: str) -> float``. ``problem`` is a dict in nanochat's
 conversation form (``{"messages": [user, assistant], "reference": "72", ...}``, see
 ``nanosft.chatcore``); ``completion`` is the decoded text of the sampled tokens (tool calls and their
-outputs included, special tokens dropped).
+outputs included, special tokens kept as text, e.g. ``<|python_start|>``, as nanochat decodes).
 
 Built in (``REWARDS``): ``gsm8k`` and ``spellingbee``, both 1.0 when the completion's final
 ``#### N`` answer equals the reference and 0.0 otherwise (nanochat/tasks/gsm8k.py ``reward``; SpellingBee

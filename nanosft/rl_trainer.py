@@ -91,6 +91,7 @@ class NanoRLConfig(NanoSFTConfig):
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Fixed: one problem per micro-batch."})
     max_length: int | None = field(default=2048, metadata={"help": "Context of a fresh model_config model."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping (nanochat's RL: none)."})
+    load_optimizer: bool = field(default=False, metadata={"help": "nanochat's RL starts a fresh optimizer."})
 
     def __post_init__(self):
         for key in ("num_samples", "max_new_tokens", "examples_per_step", "device_batch_size", "eval_num_samples"):
@@ -266,7 +267,7 @@ class NanoRLTrainer(NanoSFTTrainer):
                 lambda b: rollout_seed(a.seed, step, problem_index, b), a.max_new_tokens, a.temperature,
                 a.top_k, a.use_tool)
         model.train(was_training)
-        texts = [self.processing_class.decode(t, skip_special_tokens=True) for t in tokens]
+        texts = [self.processing_class.decode(t) for t in tokens]  # special tokens kept, as nanochat
         rewards = torch.tensor([float(self.reward_fn(self.problems[problem_index], c)) for c in texts])
         return {"tokens": tokens, "masks": masks, "rewards": rewards,
                 "tool_used": [self.python_start in t for t in tokens]}
@@ -384,7 +385,7 @@ class PassAtKCallback(_StashingCallback):
             tokens, _ = sample_completions(model, tokenizer, render(self.problems[i]["messages"]), self.k,
                                            self.batch_size, lambda b: rollout_seed(self.seed, step, i, b, "eval"),
                                            **self.gen)
-            rewards = [float(self.reward_fn(self.problems[i], tokenizer.decode(t, skip_special_tokens=True)))
+            rewards = [float(self.reward_fn(self.problems[i], tokenizer.decode(t)))
                        for t in tokens]
             local.append((i, rewards))
         model.train(was_training)

@@ -166,7 +166,7 @@ def test_sampled_completions_mask_the_forced_tool_output(nanochat_tokenizer, ids
         assert tok.decode(t) == "So <|python_start|>6*7<|python_end|><|output_start|>42<|output_end|> #### 42"
         assert [x for x, keep in zip(t, m) if not keep] == forced
         assert sum(m) == len(t) - len(forced)
-    assert answer_reward({"reference": "42"}, tok.decode(tokens[0], skip_special_tokens=True)) == 1.0
+    assert answer_reward({"reference": "42"}, tok.decode(tokens[0])) == 1.0
 
 
 def test_rollout_seed_depends_on_step_problem_batch_only():
