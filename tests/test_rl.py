@@ -225,3 +225,39 @@ def test_two_processes_give_the_first_step_update_of_one(tmp_path, data_dir):
         assert torch.allclose(one["grad"][name], two["grad"][name], atol=1e-5, rtol=0), name
         assert torch.allclose(one["update"][name], two["update"][name], atol=1e-5, rtol=0), name
     assert max(g.abs().max() for g in one["grad"].values()) > 1e-4
+
+
+def run_rl(tmp_path, data_dir, out, **extra):
+    """``nanosft.rl.main`` in this process on the tiny first-step config (toy reward), ``extra`` as --set."""
+    from rl_first_step import TINY
+
+    from nanosft import rl
+
+    config = tmp_path / "rl.yaml"
+    config.write_text(TINY)
+    sets = {"output_dir": str(out), "data_dir": data_dir, "tokenizer_name_or_path": os.path.join(data_dir, "nanochat_tokenizer"),
+            "max_steps": 2, "save_strategy": "steps", "save_steps": 1, **extra}
+    assert rl.main(["--config", str(config), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]) == 0
+
+
+def test_resume_is_exact_and_the_record_says_rl(tmp_path, data_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    import shutil
+
+    run_rl(tmp_path, data_dir, tmp_path / "full")
+    # a run killed after step 1 leaves exactly checkpoint-1 behind; resume it to the same 2 steps
+    shutil.copytree(tmp_path / "full" / "checkpoint-1", tmp_path / "cut" / "checkpoint-1")
+    run_rl(tmp_path, data_dir, tmp_path / "cut", resume_from_checkpoint="auto")
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = load_file(tmp_path / "full" / "checkpoint-1" / "model.safetensors")
+    assert any(not torch.equal(a[k], first[k]) for k in a)  # step 2 changed the weights
+    record = json.loads((tmp_path / "full" / "checkpoint-2" / "nanosft_state.json").read_text())
+    assert record["stage"] == "rl" and record["global_step"] == 2
+    history = json.loads((tmp_path / "full" / "metrics.json").read_text())["log_history"]
+    logged = [h for h in history if "reward" in h]
+    assert len(logged) == 2 and all(k in logged[0] for k in ("completion_length", "tool_use_fraction", "learning_rate"))
+    assert (tmp_path / "full" / "reward.png").is_file()
