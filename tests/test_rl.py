@@ -261,3 +261,21 @@ def test_resume_is_exact_and_the_record_says_rl(tmp_path, data_dir):
     logged = [h for h in history if "reward" in h]
     assert len(logged) == 2 and all(k in logged[0] for k in ("completion_length", "tool_use_fraction", "learning_rate"))
     assert (tmp_path / "full" / "reward.png").is_file()
+    card = (tmp_path / "full" / "checkpoint-2" / "README.md").read_text()
+    assert "`chat_rl`" in card and "- rl" in card
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("num_samples: 5\ndevice_batch_size: 4\n", "num_samples (5) must be a multiple of device_batch_size (4)"),
+    ("reward: nosuchpkg.fn\n", "reward 'nosuchpkg.fn': cannot import"),
+    ("num_sample: 4\n", "unknown key 'num_sample' (did you mean 'num_samples'?)"),
+    ("per_device_train_batch_size: 2\n", "per_device_train_batch_size: RL takes one problem per micro-batch"),
+])
+def test_config_errors_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    from nanosft import rl
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("model_config: {hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4}\n" + extra)
+    assert rl.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
