@@ -11,9 +11,10 @@
     # 3.
     python bench/rl_learns.py runs/rl-learns
 
-Start value = mean reward of the first ``window`` steps; its standard error = the pooled per-sample standard
-deviation / sqrt(samples in those steps). Prints the per-step curve, start, end (last ``window`` steps),
-their difference in start standard errors, and PASS when that is above 3.
+Start value = mean reward of the first ``start`` steps (default 1: the policy before any update); its
+standard error = the pooled per-sample standard deviation / sqrt(samples in those steps). End value = mean
+of the last ``end`` steps (default 5). Prints the per-step curve, start, end, the rise in start standard
+errors, and PASS when it is above 3.
 """
 
 import json
@@ -21,7 +22,7 @@ import math
 import sys
 
 
-def main(run_dir: str, window: int = 5) -> int:
+def main(run_dir: str, start_steps: int = 1, end_steps: int = 5) -> int:
     history = json.load(open(f"{run_dir}/metrics.json"))["log_history"]
     config = json.load(open(f"{run_dir}/run_config.json"))["training_args"]
     per_step = config["examples_per_step"] * config["num_samples"]
@@ -31,14 +32,14 @@ def main(run_dir: str, window: int = 5) -> int:
         if "pass@1" in h:
             print(f"step {h['step']}: " + " ".join(f"{k}={v:.3f}" for k, v in h.items() if k.startswith("pass@")
                                                    and not k.endswith("unbiased")))
-    first, last = steps[:window], steps[-window:]
+    first, last = steps[:start_steps], steps[-end_steps:]
     start = sum(r for _, r, _ in first) / len(first)
     end = sum(r for _, r, _ in last) / len(last)
     pooled = math.sqrt(sum(sd ** 2 + (r - start) ** 2 for _, r, sd in first) / len(first))
     se = pooled / math.sqrt(per_step * len(first))
     z = (end - start) / se
-    print(f"start (steps 1-{window}) {start:.3f} +- {se:.3f} (SE, {per_step * len(first)} samples); "
-          f"end (last {window} steps) {end:.3f}; rise = {z:.1f} SE -> {'PASS' if z > 3 else 'FAIL'}")
+    print(f"start (first {start_steps} step(s)) {start:.3f} +- {se:.3f} (SE, {per_step * len(first)} samples); "
+          f"end (last {end_steps} steps) {end:.3f}; rise = {z:.1f} SE -> {'PASS' if z > 3 else 'FAIL'}")
     return 0 if z > 3 else 1
 
 
