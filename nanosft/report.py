@@ -36,7 +36,10 @@ CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "
                "num_train_epochs", "optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr",
                "init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "weight_decay", "peft",
                "attention", "chatcore_every", "chatcore_max_categorical", "chatcore_max_generative",
-               "chatcore_max_new_tokens", "seed")
+               "chatcore_max_new_tokens", "seed",
+               # RL runs (nanosft.rl); absent from SFT configs, so not shown there
+               "task", "reward", "num_samples", "max_new_tokens", "temperature", "top_k", "examples_per_step",
+               "device_batch_size", "use_tool", "eval_every", "eval_examples", "eval_num_samples")
 
 
 def _read_json(path: str):
@@ -263,6 +266,9 @@ def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     if losses:
         summary = f"{steps[-1]} steps; train loss {losses[0]:.4f} (step {steps[0]}) -> {losses[-1]:.4f} (step {steps[-1]})."
         md += [summary, ""]
+    rsteps, rewards = series(log_history, "reward")
+    if rewards:  # RL runs
+        md += [f"Mean reward {rewards[0]:.4f} (step {rsteps[0]}) -> {rewards[-1]:.4f} (step {rsteps[-1]}).", ""]
     sections = [("Config", config_table(run_config)), ("Data mix and supervision", data_table(stats)),
                 ("Throughput", throughput(log_history, metrics.get("train")))]
     for title, rows in sections:
