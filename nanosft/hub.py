@@ -107,8 +107,8 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
     if rl:
         body += [
             "A chat model refined with nanosft's reinforcement stage: "
-            "[nanochat](https://github.com/karpathy/nanochat)'s `chat_rl` (on-policy REINFORCE with per-problem mean-reward baselines, calculator tool during "
-            "sampling) after supervised fine-tuning.",
+            "[nanochat](https://github.com/karpathy/nanochat)'s `chat_rl` (on-policy REINFORCE with per-problem "
+            "mean-reward baselines, calculator tool during sampling) after supervised fine-tuning.",
             "",
             "## Started from (SFT checkpoint)",
             "",

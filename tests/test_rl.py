@@ -236,7 +236,8 @@ def run_rl(tmp_path, data_dir, out, **extra):
     config = tmp_path / "rl.yaml"
     config.write_text(TINY)
     sets = {"output_dir": str(out), "data_dir": data_dir,
-            "tokenizer_name_or_path": os.path.join(data_dir, "nanochat_tokenizer"), "max_steps": 2, "save_strategy": "steps", "save_steps": 1, **extra}
+            "tokenizer_name_or_path": os.path.join(data_dir, "nanochat_tokenizer"), "max_steps": 2,
+            "save_strategy": "steps", "save_steps": 1, **extra}
     assert rl.main(["--config", str(config), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]) == 0
 
 
