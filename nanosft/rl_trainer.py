@@ -25,7 +25,7 @@ be rebuilt around it. So this is a small subclass of ``NanoSFTTrainer`` that rep
   ``policy_gradient_loss``. Gradients are synchronized across ranks once per optimizer step.
 - ``create_scheduler``: nanochat's RL ramp, LR x ``1 - step / num_steps`` (``schedule.lr_multiplier``
   with ``warmdown_ratio`` 1).
-- ``PassAtKCallback``: every ``eval_every`` steps, pass@1..K on held-out problems.
+- ``PassAtKCallback``: at step 0 and every ``eval_every`` steps, pass@1..K on held-out problems.
 
 On-policy, no reference model, no KL, no ratio clipping (nanochat). As in nanochat, the terminal
 ``<|assistant_end|>`` is not part of a completion and is not trained.
@@ -348,7 +348,8 @@ def collate_problem_indices(rows: list[dict]) -> dict:
 
 
 class PassAtKCallback(_StashingCallback):
-    """pass@1..K on held-out problems every ``every`` steps, logged as ``pass@k`` and ``pass@k_unbiased``.
+    """pass@1..K on held-out problems at step 0 and every ``every`` steps, logged as ``pass@k`` and
+    ``pass@k_unbiased``.
 
     Each process samples every W-th problem (``K`` samples each, seeded per (step, problem, batch)); the
     outcomes are gathered, so every rank logs the same numbers. Also logs ``eval_reward`` (mean reward).
@@ -400,6 +401,17 @@ class PassAtKCallback(_StashingCallback):
             out[f"pass@{k}"] = pass_at_k(outcomes, k)
             out[f"pass@{k}_unbiased"] = pass_at_k_unbiased(outcomes, k)
         return out
+
+    def attach(self, trainer):
+        """``_StashingCallback.attach``; also keeps the trainer, to log the step-0 evaluation."""
+        self.trainer = trainer
+        return super().attach(trainer)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Evaluate the starting policy at step 0, as nanochat does (``step % eval_every == 0``)."""
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.every and self.every > 0 and state.global_step == 0 and getattr(self, "trainer", None) is not None:
+            self.trainer.log(self.compute(args, state, **kwargs))
 
     def compute(self, args, state, model=None, processing_class=None, **kwargs) -> dict:
         acc = self.accelerator
