@@ -263,6 +263,8 @@ def checkpoint_record(trainer, run_config: dict | None = None) -> dict:
     metrics = latest_metrics(state.log_history)
     tokens = getattr(trainer, "_tokens_seen", [0, 0])
     return {
+        "stage": getattr(trainer, "stage", "sft"),  # "rl" for NanoRLTrainer (nanosft/rl_trainer.py)
+        "source_checkpoint": getattr(trainer, "base_model_path", None),  # the model this run started from
         "global_step": state.global_step,
         "max_steps": state.max_steps,
         "epoch": state.epoch,

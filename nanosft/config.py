@@ -221,8 +221,6 @@ def resolve_local_path(key: str, value: str | None, folder_only: bool = False) -
     return value
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(NanoSFTConfig)}
-
 
 class _Yaml12Loader(yaml.SafeLoader):
     """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false, so ``eval_strategy: no`` stays "no"."""
@@ -273,17 +271,21 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 @functools.cache
-def _type_hints() -> dict:
-    """``typing.get_type_hints`` of the whole TrainingArguments/SFTConfig chain, evaluated once."""
-    return typing.get_type_hints(NanoSFTConfig)
+def _type_hints(cls=NanoSFTConfig) -> dict:
+    """``typing.get_type_hints`` of the whole TrainingArguments/SFTConfig chain, evaluated once per class."""
+    return typing.get_type_hints(cls)
 
 
-def _annotation(name: str):
-    return _type_hints().get(name, _FIELDS[name].type)
+@functools.cache
+def _fields(cls=NanoSFTConfig) -> dict:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def validate_dict(d: dict, source: str = "config") -> None:
+def validate_dict(d: dict, source: str = "config", cls=NanoSFTConfig) -> None:
     """Reject unknown keys and wrong types, naming the key and ``source``.
+
+    ``cls`` is the config dataclass whose fields are the known keys (``NanoSFTConfig``, or a subclass
+    such as ``nanosft.rl_trainer.NanoRLConfig``).
 
     Raises:
         ConfigError: e.g. ``"configs/x.yaml: unknown key 'learning_rte' (did you mean 'learning_rate'?)"``.
@@ -292,12 +294,13 @@ def validate_dict(d: dict, source: str = "config") -> None:
 
     from .data import DatasetSpec
 
+    fields = _fields(cls)
     for key, value in d.items():
-        if key not in _FIELDS:
-            near = difflib.get_close_matches(key, list(_FIELDS), n=1)
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
-        tp = _annotation(key)
+        tp = _type_hints(cls).get(key, fields[key].type)
         if not _type_ok(value, tp):
             raise ConfigError(
                 f"{source}: key {key!r} expects {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}"
@@ -325,7 +328,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
     return out
 
 
-def read_config_dict(path: str, overrides: list[str] | None = None) -> dict:
+def read_config_dict(path: str, overrides: list[str] | None = None, cls=NanoSFTConfig) -> dict:
     """Read a YAML config, apply ``--set`` overrides and validate, without building anything.
 
     Raises:
@@ -341,21 +344,21 @@ def read_config_dict(path: str, overrides: list[str] | None = None) -> dict:
             raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
-    validate_dict(d, path)
+    validate_dict(d, path, cls)
     extra = parse_overrides(overrides)
-    validate_dict(extra, "--set")
+    validate_dict(extra, "--set", cls)
     d.update(extra)
     return d
 
 
-def build_config(d: dict, source: str = "config") -> NanoSFTConfig:
+def build_config(d: dict, source: str = "config", cls=NanoSFTConfig) -> NanoSFTConfig:
     """A ``NanoSFTConfig`` from an already validated dict (``read_config_dict``).
 
     Raises:
         ConfigError: the dataclass or TrainingArguments refuses a value (the message names ``source``).
     """
     try:
-        return NanoSFTConfig(**d)
+        return cls(**d)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from (None if isinstance(e, ConfigError) else e)
 

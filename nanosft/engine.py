@@ -124,6 +124,8 @@ class CalculatorToolProcessor(LogitsProcessor):
     last; a row that closes ``<|python_start|> expr <|python_end|>`` gets ``<|output_start|>``, the
     result's tokens and ``<|output_end|>`` queued, and while a row has queued tokens its scores are
     masked to the next one (all others ``-inf``), which greedy and sampling both pick.
+    ``forced[row]`` lists the positions (0-based, counted from the first new token) that were forced,
+    so a trainer can leave them out of a loss (nanochat/engine.py ``masks``: 0 for forced tokens).
 
     Args:
         tokenizer: HF tokenizer holding the nanochat special tokens; ``decode``/``encode`` are used.
@@ -136,6 +138,7 @@ class CalculatorToolProcessor(LogitsProcessor):
         self.output_start, self.output_end = ids[OUTPUT_START], ids[OUTPUT_END]
         self.prompt_len = None
         self.rows: list[dict] = []
+        self.forced: list[list[int]] = []
         self.calls = 0  # tool calls evaluated, for tests and logs
 
     def _observe(self, row: dict, token: int) -> None:
@@ -156,11 +159,14 @@ class CalculatorToolProcessor(LogitsProcessor):
         if self.prompt_len is None:
             self.prompt_len = input_ids.shape[1]
             self.rows = [{"expr": None, "forced": deque()} for _ in range(input_ids.shape[0])]
+            self.forced = [[] for _ in range(input_ids.shape[0])]
         elif input_ids.shape[1] > self.prompt_len:
             for row, token in zip(self.rows, input_ids[:, -1].tolist()):
                 self._observe(row, token)
         forced = [(i, row["forced"].popleft()) for i, row in enumerate(self.rows) if row["forced"]]
         if forced:
+            for i, _ in forced:
+                self.forced[i].append(input_ids.shape[1] - self.prompt_len)
             rows = torch.tensor([i for i, _ in forced], device=scores.device)
             toks = torch.tensor([t for _, t in forced], device=scores.device)
             scores[rows] = -float("inf")

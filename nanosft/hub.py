@@ -102,7 +102,8 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
     tokens = getattr(trainer, "_tokens_seen", [0, 0])
     world = getattr(args, "world_size", 1)
     rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-    all_tags = ["nanosft", "nanochat", "sft", "trl", "chat"] + [t for t in (tags or []) if t]
+    rl = getattr(trainer, "stage", "sft") == "rl"  # NanoRLTrainer (nanosft/rl_trainer.py)
+    all_tags = ["nanosft", "nanochat", "rl" if rl else "sft", "trl", "chat"] + [t for t in (tags or []) if t]
     is_hub_id = bool(base) and not os.path.isdir(str(base))
     header = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
     if is_hub_id:
@@ -111,26 +112,45 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
 
     lrs = {k: getattr(args, k, None) for k in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")}
     lr_text = ", ".join(f"{k} {v}" if v is not None else f"{k} inherited" for k, v in lrs.items())
-    body = [
-        f"# {name}",
-        "",
-        "A chat model fine-tuned with nanosft: the supervised fine-tuning recipe of "
-        "[nanochat](https://github.com/karpathy/nanochat)'s `chat_sft` stage on Hugging Face TRL.",
-        "",
-        "## Base model",
-        "",
-        f"`{base}`" if base else "A freshly initialised NanoChat model (`model_config`), no pretrained base.",
-        "",
-        "## Data mixture",
-        "",
-        "| dataset | split | epochs | options |",
-        "|---|---|---|---|",
-        *(_mixture_rows(getattr(args, "datasets", None)) or ["| - | - | - | - |"]),
-        "",
-        f"Conversations rendered in the nanochat chat format (loss on assistant tokens, python tool calls and "
-        f"`<|assistant_end|>`), BOS-aligned best-fit packing into rows of {args.max_length} tokens, "
-        f"attention: {getattr(args, 'attention', 'document')}.",
-        "",
+    body = [f"# {name}", ""]
+    if rl:
+        body += [
+            "A chat model refined with nanosft's reinforcement stage: "
+            "[nanochat](https://github.com/karpathy/nanochat)'s `chat_rl` (on-policy REINFORCE with per-problem "
+            "mean-reward baselines, calculator tool during sampling) after supervised fine-tuning.",
+            "",
+            "## Started from (SFT checkpoint)",
+            "",
+            f"`{base}`" if base else "A freshly initialised NanoChat model (`model_config`).",
+            "",
+            "## RL problems",
+            "",
+            f"task {args.task} ({args.train_split}), reward `{args.reward or args.task}`, {args.num_samples} samples "
+            f"per problem (temperature {args.temperature}, top-k {args.top_k}, up to {args.max_new_tokens} new "
+            f"tokens), {args.examples_per_step} problems per step.",
+            "",
+        ]
+    else:
+        body += [
+            "A chat model fine-tuned with nanosft: the supervised fine-tuning recipe of "
+            "[nanochat](https://github.com/karpathy/nanochat)'s `chat_sft` stage on Hugging Face TRL.",
+            "",
+            "## Base model",
+            "",
+            f"`{base}`" if base else "A freshly initialised NanoChat model (`model_config`), no pretrained base.",
+            "",
+            "## Data mixture",
+            "",
+            "| dataset | split | epochs | options |",
+            "|---|---|---|---|",
+            *(_mixture_rows(getattr(args, "datasets", None)) or ["| - | - | - | - |"]),
+            "",
+            f"Conversations rendered in the nanochat chat format (loss on assistant tokens, python tool calls and "
+            f"`<|assistant_end|>`), BOS-aligned best-fit packing into rows of {args.max_length} tokens, "
+            f"attention: {getattr(args, 'attention', 'document')}.",
+            "",
+        ]
+    body += [
         "## Recipe",
         "",
         f"- optimizer: {getattr(args, 'optimizer', 'muon')} ({lr_text}; init_lr_frac "

@@ -15,7 +15,7 @@ read back from disk, so a report can be rebuilt for any run folder, also a crash
 
 Plots (matplotlib, Agg backend: no display needed): ``loss.png``, ``lr.png``, ``val_bpb.png`` (when
 logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0 when ``chatcore_base.json``
-exists). ChatCORE aggregates are named with their task set (``chatcore_metric/nanochat``); a partial set
+exists); for RL runs ``reward.png`` and ``pass_at_k.png``. ChatCORE aggregates are named with their task set (``chatcore_metric/nanochat``); a partial set
 has none and the table says so. The before/after table gives a binomial noise scale per task,
 sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
@@ -37,7 +37,10 @@ CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "
                "num_train_epochs", "optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr",
                "init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "weight_decay", "peft",
                "attention", "chatcore_every", "chatcore_max_categorical", "chatcore_max_generative",
-               "chatcore_max_new_tokens", "seed")
+               "chatcore_max_new_tokens", "seed",
+               # RL runs (nanosft.rl); absent from SFT configs, so not shown there
+               "task", "reward", "num_samples", "max_new_tokens", "temperature", "top_k", "examples_per_step",
+               "device_batch_size", "use_tool", "eval_every", "eval_examples", "eval_num_samples")
 
 
 def _read_json(path: str):
@@ -199,6 +202,12 @@ def make_plots(run_dir: str, log_history: list[dict], before: dict) -> dict[str,
         curves.append((key.replace("chatcore/", ""), xs, ys))
     title = "ChatCORE over steps" + (" (step 0: base model)" if with_base else "")
     out["chatcore"] = _plot(os.path.join(run_dir, "chatcore.png"), curves, "accuracy / centered score", title)
+    # RL runs (nanosft.rl): mean reward per step and pass@k at the eval cadence
+    out["reward"] = _plot(os.path.join(run_dir, "reward.png"), [("train reward", *series(log_history, "reward")),
+                          ("eval reward", *series(log_history, "eval_reward"))], "mean reward", "Reward")
+    ks = sorted({int(m.group(1)) for h in log_history for k in h if (m := re.match(r"^pass@(\d+)$", k))})
+    out["pass_at_k"] = _plot(os.path.join(run_dir, "pass_at_k.png"), [(f"pass@{k}", *series(log_history, f"pass@{k}"))
+                             for k in ks], "fraction of problems", "pass@k on held-out problems")
     return {k: v for k, v in out.items() if v}
 
 
@@ -284,6 +293,9 @@ def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     if losses:
         summary = f"{steps[-1]} steps; train loss {losses[0]:.4f} (step {steps[0]}) -> {losses[-1]:.4f} (step {steps[-1]})."
         md += [summary, ""]
+    rsteps, rewards = series(log_history, "reward")
+    if rewards:  # RL runs
+        md += [f"Mean reward {rewards[0]:.4f} (step {rsteps[0]}) -> {rewards[-1]:.4f} (step {rsteps[-1]}).", ""]
     sections = [("Config", config_table(run_config)), ("Data mix and supervision", data_table(stats)),
                 ("Throughput", throughput(log_history, metrics.get("train")))]
     for title, rows in sections:

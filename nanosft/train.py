@@ -213,14 +213,16 @@ def early_checks(cfg) -> list[str]:
 
 def summary_line(trainer, cfg) -> str:
     """The run's last line: final training loss, ChatCORE if it ran, and where the model and report are."""
+    from .chatcore import split_metric_key
     from .checkpoint import latest_metrics
 
     history = trainer.state.log_history
     loss = next((e["loss"] for e in reversed(history) if "loss" in e), None)
-    chatcore = latest_metrics(history).get("chatcore_metric")
+    chatcore = {k: v for k, v in latest_metrics(history).items()
+                if (split_metric_key(k) or ("",))[0] == "chatcore_metric"}
     parts = [f"final loss {loss:.4f}" if loss is not None else "no loss logged"]
-    if chatcore is not None:
-        parts.append(f"ChatCORE {chatcore:.4f}")
+    for key, value in chatcore.items():  # e.g. chatcore_metric/nanosft6: the task set is part of the name
+        parts.append(f"ChatCORE ({split_metric_key(key)[1] or 'all tasks'}) {value:.4f}")
     parts += [f"model {cfg.output_dir}", f"report {os.path.join(cfg.output_dir, 'report.md')}"]
     return f"done at step {trainer.state.global_step}: " + ", ".join(parts)
 

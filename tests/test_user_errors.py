@@ -346,3 +346,19 @@ def test_a_non_distributed_multi_process_launch_is_refused_with_the_fixing_flag(
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # use_cpu would turn DeepSpeed off
     assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})
+
+
+def test_summary_line_names_the_chatcore_of_its_task_set():
+    from types import SimpleNamespace
+
+    from nanosft.train import summary_line
+
+    history = [{"loss": 2.5, "step": 1}, {"chatcore_metric/nanochat": 0.125, "chatcore/GSM8K": 0.5, "step": 2},
+               {"loss": 1.25, "step": 2}]
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=history, global_step=2))
+    line = summary_line(trainer, SimpleNamespace(output_dir="runs/x"))
+    assert line == ("done at step 2: final loss 1.2500, ChatCORE (nanochat) 0.1250, model runs/x, "
+                    "report runs/x/report.md")
+    partial = [{"loss": 1.0, "step": 1}, {"chatcore/GSM8K": 0.5, "step": 1}]  # a partial set has no ChatCORE
+    trainer.state = SimpleNamespace(log_history=partial, global_step=1)
+    assert "ChatCORE" not in summary_line(trainer, SimpleNamespace(output_dir="runs/x"))

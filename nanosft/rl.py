@@ -1,0 +1,125 @@
+"""The RL recipe: ``accelerate launch -m nanosft.rl --config configs/rl-d20.yaml [--set key=value ...]``.
+
+nanochat's GSM8K reinforcement stage (scripts/chat_rl.py) after SFT, on ``NanoRLTrainer``
+(nanosft/rl_trainer.py, which says why it is not TRL's GRPOTrainer). Read top to bottom, as
+``nanosft.train``: config -> tokenizer -> problems (train shuffled with ``mixture_seed``, held-out for
+pass@k) -> reward -> model (the SFT checkpoint) -> trainer -> train -> save. Outputs in ``output_dir``
+as in SFT: resumable ``checkpoint-<step>/`` folders whose ``nanosft_state.json`` says ``"stage": "rl"``
+and names the SFT checkpoint (``source_checkpoint``), the final HF model, ``run_config.json``,
+``metrics.json`` and ``report.md`` with reward and pass@k plots. Logged per step: ``reward``,
+``reward_std``, ``completion_length``, ``tool_use_fraction``, ``learning_rate``; every ``eval_every``
+steps: ``pass@k`` and ``pass@k_unbiased`` for k = 1..``eval_num_samples``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+
+from .errors import run_cli
+
+logger = logging.getLogger("nanosft.rl")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nanosft.rl", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (configs/rl-tiny.yaml, configs/rl-d20.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), e.g. --set max_steps=3")
+    return p.parse_args(argv)
+
+
+def load_problems(cfg):
+    """``(train problems in training order, held-out problems, reward function)`` for the config.
+
+    Raises:
+        ValueError: an unknown reward name or an unimportable reward function.
+    """
+    from .rewards import load_rl_problems, resolve_reward
+
+    reward_fn = resolve_reward(cfg.reward or cfg.task)
+    train = load_rl_problems(cfg.task, cfg.train_split, cfg.data_dir,
+                             cfg.max_problems if cfg.task == "spellingbee" else None)
+    random.Random(cfg.mixture_seed).shuffle(train)  # nanochat's tasks shuffle with seed 42
+    if cfg.max_problems and cfg.task != "spellingbee":
+        train = train[: cfg.max_problems]
+    held_out = []
+    if cfg.eval_every and cfg.eval_every > 0:
+        task = cfg.eval_task or cfg.task
+        held_out = load_rl_problems(task, cfg.eval_split, cfg.data_dir,
+                                    cfg.eval_examples if task == "spellingbee" else None)[: cfg.eval_examples]
+    return train, held_out, reward_fn
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .config import ConfigError, build_config, read_config_dict
+    from .rewards import resolve_reward
+    from .rl_trainer import NanoRLConfig
+    from .checkpoint import remove_checkpoints
+    from .train import cpu_launch_fix, early_checks
+
+    raw = read_config_dict(args.config, args.overrides, NanoRLConfig)  # validates before anything heavy
+    cfg = build_config(cpu_launch_fix(dict(raw)), args.config, NanoRLConfig)
+    try:
+        resolve_reward(cfg.reward or cfg.task)  # a typo in `reward:` fails before the model loads
+    except ValueError as e:
+        raise ConfigError(f"{args.config}: reward: {e}") from None
+    overwritten = early_checks(cfg)  # model path, output_dir checkpoints, distributed launch
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
+    from transformers import set_seed
+
+    from .checkpoint import redact, resolve_resume, write_json_atomic
+    from .rl_trainer import NanoRLTrainer, PassAtKCallback
+    from .schedule import LR_KEYS, resolve_learning_rates
+    from .train import load_model, load_tokenizer, redact_overrides, versions
+
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg)
+    train, held_out, reward_fn = load_problems(cfg)
+    logger.info("RL on %d %s problems (%d per step, %d samples each); pass@k on %d held-out problems",
+                len(train), cfg.task, cfg.examples_per_step, cfg.num_samples, len(held_out))
+    model = load_model(cfg, tokenizer)
+    logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
+    base = cfg.model_name_or_path if cfg.model_config is None else None
+    for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
+        setattr(cfg, key, value)
+
+    trainer = NanoRLTrainer(model=model, args=cfg, problems=train, reward_fn=reward_fn, processing_class=tokenizer,
+                            base_model_path=cfg.model_name_or_path)
+    if held_out:
+        PassAtKCallback(held_out, reward_fn, num_samples=cfg.eval_num_samples, every=cfg.eval_every, seed=cfg.seed,
+                        batch_size=cfg.device_batch_size, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, top_k=cfg.top_k, use_tool=cfg.use_tool).attach(trainer)
+    raw = redact(raw)
+    trainer.run_config = raw
+    if trainer.is_world_process_zero():
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
+                          {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
+                           "training_args": cfg.to_dict(), "versions": versions(), "stage": "rl",
+                           "source_checkpoint": cfg.model_name_or_path})
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    if trainer.is_world_process_zero():
+        remove_checkpoints(cfg.output_dir, overwritten)  # overwrite_output_dir: the earlier run's checkpoints
+    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        write_json_atomic(os.path.join(cfg.output_dir, "metrics.json"),
+                          {"train": result.metrics, "log_history": trainer.state.log_history})
+    trainer.save_model(cfg.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(cfg.output_dir)
+        trainer.create_model_card()
+        logger.info("saved the RL model to %s", cfg.output_dir)
+        from .report import write_report
+
+        write_report(cfg.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
