@@ -269,7 +269,7 @@ def iter_conversations(spec: DatasetSpec, data_dir: str | None, seed: int = 42, 
     raw = spec.load(data_dir)
     kept = spec.row_indices(len(raw), seed)
     to_messages = spec.converter
-    release = isinstance(raw, list)
+    release = type(raw) in (list, Rows)  # a LazyRows holds nothing to release
     valid, skipped, n_valid = [], [], 0
     for row in kept:  # row: the index in the source
         try:

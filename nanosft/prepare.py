@@ -45,7 +45,6 @@ import glob
 import hashlib
 import json
 import logging
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -258,33 +257,44 @@ def document_pieces(lengths: np.ndarray, capacity: int, split: bool):
 
 def _write_rows(path: str, rows: list[list[int]], doc_start: np.ndarray, doc_len: np.ndarray, doc_cont: np.ndarray,
                 ids_file: str, mask_file: str, block: int = 2048) -> None:
-    """Gather packed rows from the flat token/mask files and write them as an Arrow IPC stream."""
-    ids_mm = np.memmap(ids_file, dtype=np.int32, mode="r") if os.path.getsize(ids_file) else np.zeros(0, np.int32)
-    mask_mm = np.memmap(mask_file, dtype=np.int8, mode="r") if os.path.getsize(mask_file) else np.zeros(0, np.int8)
+    """Gather packed rows from the flat token/mask files and write them as an Arrow IPC stream.
+
+    Documents are read with ``os.pread`` (no memory map: a mapping's fault-around would count most of the
+    flat files' pages in this process's RSS while a block of randomly placed documents is gathered).
+    """
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("assistant_masks", pa.list_(pa.int8())),
                         ("seq_lengths", pa.list_(pa.int32()))])
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for a in range(0, len(rows), block):
-            part = rows[a:a + block]
-            docs = np.fromiter(chain.from_iterable(part), dtype=np.int64)
-            per_row = np.fromiter((len(r) for r in part), dtype=np.int64, count=len(part))
-            dl, ds = doc_len[docs], doc_start[docs]
-            off = np.cumsum(dl) - dl  # start of each document in this block's flat values
-            idx = np.repeat(ds - off, dl) + np.arange(int(dl.sum()), dtype=np.int64)
-            vals, masks = ids_mm[idx], mask_mm[idx]  # fancy indexing copies
-            for mm in (ids_mm, mask_mm):  # drop the mapped pages read so far: RSS stays flat in the file size
-                if isinstance(mm, np.memmap) and hasattr(mmap, "MADV_DONTNEED"):
-                    mm._mmap.madvise(mmap.MADV_DONTNEED)
-            masks[off[doc_cont[docs]]] = 0  # a continuation's first token is context only
-            doc_offsets = np.concatenate([[0], np.cumsum(per_row)])
-            row_tokens = np.add.reduceat(dl, doc_offsets[:-1]) if len(dl) else np.zeros(0, np.int64)
-            tok_offsets = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
-            batch = pa.record_batch([
-                pa.ListArray.from_arrays(tok_offsets, pa.array(vals, pa.int32())),
-                pa.ListArray.from_arrays(tok_offsets, pa.array(masks, pa.int8())),
-                pa.ListArray.from_arrays(pa.array(doc_offsets.astype(np.int32)), pa.array(dl.astype(np.int32))),
-            ], schema=schema)
-            writer.write_batch(batch)
+    fd_ids, fd_mask = os.open(ids_file, os.O_RDONLY), os.open(mask_file, os.O_RDONLY)
+    try:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for a in range(0, len(rows), block):
+                part = rows[a:a + block]
+                docs = np.fromiter(chain.from_iterable(part), dtype=np.int64)
+                per_row = np.fromiter((len(r) for r in part), dtype=np.int64, count=len(part))
+                dl, ds = doc_len[docs], doc_start[docs]
+                off = np.cumsum(dl) - dl  # start of each document in this block's flat values
+                pairs = list(zip(ds.tolist(), dl.tolist()))
+                vals = np.frombuffer(b"".join(os.pread(fd_ids, 4 * n, 4 * s) for s, n in pairs), dtype=np.int32)
+                masks = np.frombuffer(b"".join(os.pread(fd_mask, n, s) for s, n in pairs), dtype=np.int8).copy()
+                _write_block(writer, schema, vals, masks, off, dl, per_row, doc_cont[docs])
+    finally:
+        os.close(fd_ids)
+        os.close(fd_mask)
+
+
+def _write_block(writer, schema, vals, masks, off, dl, per_row, cont) -> None:
+    """One record batch of packed rows: ``vals``/``masks`` flat over the block's documents (lengths ``dl``,
+    starts ``off``), ``per_row`` documents a row, ``cont`` marks continuation pieces."""
+    masks[off[cont]] = 0  # a continuation's first token is context only
+    doc_offsets = np.concatenate([[0], np.cumsum(per_row)])
+    row_tokens = np.add.reduceat(dl, doc_offsets[:-1]) if len(dl) else np.zeros(0, np.int64)
+    tok_offsets = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
+    batch = pa.record_batch([
+        pa.ListArray.from_arrays(tok_offsets, pa.array(vals, pa.int32())),
+        pa.ListArray.from_arrays(tok_offsets, pa.array(masks, pa.int8())),
+        pa.ListArray.from_arrays(pa.array(doc_offsets.astype(np.int32)), pa.array(dl.astype(np.int32))),
+    ], schema=schema)
+    writer.write_batch(batch)
 
 
 def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strategy, buffer_size, overlong, seed,
@@ -304,10 +314,9 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
     workers = num_proc if num_proc and num_proc > 1 else 1
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     full_len, sup_kept, entries = [], [], []  # per distinct conversation; per dataset: its entries' global ids
-    n_distinct = 0
+    n_distinct, bar = 0, None
     try:
-        with open(ids_file, "wb") as f_ids, open(mask_file, "wb") as f_mask, \
-                tqdm(desc=f"render {name}", unit="conv") as bar:
+        with open(ids_file, "wb") as f_ids, open(mask_file, "wb") as f_mask:
             for spec in specs:
                 first = n_distinct
                 parts = iter_conversations(spec, data_dir, seed=seed, skip_invalid=skip_invalid)
@@ -315,6 +324,8 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
                     window = list(islice(parts, 2 * workers))  # bounded: a few chunks in flight
                     if not window:
                         break
+                    if bar is None:  # opened once rows validate: an invalid first row leaves only its error line
+                        bar = tqdm(desc=f"render {name}", unit="conv")
                     for ids, mask, lens, sup in (pool.map(_render_chunk, window) if pool else map(_render_chunk, window)):
                         ids.tofile(f_ids)
                         mask.tofile(f_mask)
@@ -324,6 +335,8 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
                         bar.update(len(lens))
                 entries.append(first + np.asarray(spec.epoch_indices(n_distinct - first, seed), dtype=np.int64))
     finally:
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.terminate()
         _WORK.clear()
