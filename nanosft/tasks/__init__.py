@@ -169,11 +169,13 @@ class LazyRows(Rows):
     def __init__(self):
         super().__init__()
         self._parts: list = []
+        self._starts: list[int] = []
         self._len = 0
 
     def add(self, rows, source: str, unit: str, numbers=None) -> None:
         self.segments.append((self._len, source, unit, numbers))
         self._parts.append(rows)
+        self._starts.append(self._len)
         self._len += len(rows)
 
     def __len__(self) -> int:
@@ -182,8 +184,8 @@ class LazyRows(Rows):
     def __getitem__(self, i: int):
         if not isinstance(i, int) or not 0 <= i < self._len:
             raise IndexError(f"LazyRows index {i!r} (of {self._len} rows; integer indices only)")
-        k = bisect.bisect_right([s[0] for s in self.segments], i) - 1
-        return self._parts[k][i - self.segments[k][0]]
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self._parts[k][i - self._starts[k]]
 
     def __iter__(self):
         return (self[i] for i in range(self._len))
