@@ -34,8 +34,9 @@ dataset specs, the contents of the local files they read or their Hub revisions,
 chat-format version, ``max_length``, the packing options, the seed and ``skip_invalid``. A build is
 written into a ``.tmp-<name>-<fingerprint>-<host>-<pid>-*`` folder and renamed into place once complete
 (atomic; a killed build's folder is removed by the next build on that host), with ``meta.json``
-(fingerprint inputs, stats, row count, file size, CRC-32 of the Arrow file); a cache folder
-whose meta or Arrow file does not check out (size, checksum, opening, row count) is rebuilt. Every hit or miss is logged with its reason.
+(fingerprint inputs, stats, row count, file size, CRC-32 of the Arrow file); a cache folder whose meta
+or Arrow file does not check out (size, checksum, opening, row count) is rebuilt. Every hit or miss is
+logged with its reason.
 """
 
 from __future__ import annotations
@@ -236,9 +237,9 @@ def _check_head(order, lengths, starts, ids_file, mask_file, tokenizer, first: i
     if not n:
         return
     ids_mm, mask_mm = np.memmap(ids_file, dtype=np.int32, mode="r"), np.memmap(mask_file, dtype=np.int8, mode="r")
-    c = order[:n]
-    head = {"input_ids": [ids_mm[s:s + n].tolist() for s, n in zip(starts[c].tolist(), lengths[:n].tolist())],
-            "assistant_masks": [mask_mm[s:s + n].tolist() for s, n in zip(starts[c].tolist(), lengths[:n].tolist())]}
+    spans = list(zip(starts[order[:n]].tolist(), lengths[:n].tolist()))
+    head = {"input_ids": [ids_mm[a:a + k].tolist() for a, k in spans],
+            "assistant_masks": [mask_mm[a:a + k].tolist() for a, k in spans]}
     del ids_mm, mask_mm
     check_supervision(head, tokenizer, first)
 
@@ -332,7 +333,8 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
                         break
                     if bar is None:  # opened once rows validate: an invalid first row leaves only its error line
                         bar = tqdm(desc=f"render {name}", unit="conv")
-                    for ids, mask, lens, sup in (pool.map(_render_chunk, window) if pool else map(_render_chunk, window)):
+                    done = pool.map(_render_chunk, window) if pool else map(_render_chunk, window)
+                    for ids, mask, lens, sup in done:
                         ids.tofile(f_ids)
                         mask.tofile(f_mask)
                         full_len.append(lens)
