@@ -8,7 +8,9 @@ User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of
 loaded, validated and rendered before the model is built, so a missing file or a malformed row fails in
 seconds, not after a model download. The mixture is shuffled once with ``random.Random(seed)``
 (nanochat's TaskMixture, seed 42), then rendered with one batched encode per 1,000 conversations
-(``ChatRenderer.render_batch``).
+(``ChatRenderer.render_batch``). ``iter_conversations`` streams one dataset's valid conversations (what
+``nanosft.prepare`` renders, each distinct conversation once) and ``mixture_entries`` gives the shuffled
+``(dataset, conversation)`` order; ``load_mixture`` holds the whole mixture in memory, for small uses.
 
 The result is a ``datasets.Dataset`` with columns ``input_ids``, ``assistant_masks`` (TRL's name for the
 assistant mask) and ``source``; TRL treats it as pre-tokenized.
@@ -26,7 +28,7 @@ from functools import partial
 
 from .errors import ConfigError, DataSourceError, DataValidationError
 from .formats import FIELD_KEYS, FORMATS, converter, read_files
-from .tasks import InvalidLine, Rows, gpteacher, gsm8k, identity, load_hub, position, spellingbee
+from .tasks import InvalidLine, LazyRows, Rows, gpteacher, gsm8k, identity, load_hub, position, spellingbee
 from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 
 logger = logging.getLogger(__name__)
@@ -38,9 +40,29 @@ def _hub_rows(split="train", data_dir=None, hub_id=None, subset=None, columns=No
         raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id)")
     ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
     keep = [c for c in columns or () if c in ds.column_names]
-    rows = Rows()
-    rows.add((ds.select_columns(keep) if keep else ds).to_list(), f"Hub dataset {hub_id}", "row index")
+    rows = LazyRows()
+    rows.add(DatasetRows(ds.select_columns(keep) if keep else ds), f"Hub dataset {hub_id}", "row index")
     return rows
+
+
+class DatasetRows:
+    """The rows of a ``datasets.Dataset`` as dicts (what ``Dataset.to_list`` holds), read ``block`` rows at a
+    time when indexed: the Arrow table stays memory-mapped instead of becoming Python objects all at once.
+    Efficient for increasing indices (``iter_conversations`` reads rows in source order)."""
+
+    def __init__(self, ds, block: int = 1000):
+        self.ds, self.block = ds, block
+        self._start, self._rows = 0, []
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        if not self._start <= i < self._start + len(self._rows):
+            self._start = i - i % self.block
+            cols = self.ds[self._start:self._start + self.block]
+            self._rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        return self._rows[i - self._start]
 
 
 def _file_rows(split="train", data_dir=None, path=None) -> Rows:

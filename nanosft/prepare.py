@@ -6,8 +6,10 @@ builds the cache ahead of a (multi-node) launch; ``nanosft.train`` calls the sam
 under ``main_process_first``, so the main process of each node builds (or finds) the cache and the
 other ranks only memory-map it.
 
-Steps of a build (``prepare_rows``), in memory bounded by the raw rows of the largest dataset (as its
-loader returns them; released row by row) plus a few numbers per conversation:
+Steps of a build (``prepare_rows``), in memory flat in the dataset size but for a few numbers per
+conversation: JSON-lines files and Hub datasets are read row by row (``JsonlLines``, ``DatasetRows``);
+the other loaders (task files, .json arrays, Parquet/CSV) return one dataset's rows as a list, released
+row by row as they are rendered:
 
 1. One dataset at a time, its valid conversations in chunks of 1,000 (``iter_conversations``: the
    validation and errors of ``load_mixture``). Each distinct conversation is rendered once, in full

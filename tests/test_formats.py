@@ -376,3 +376,18 @@ def test_lazy_jsonl_rows_equal_read_jsonl_row_by_row(tmp_path):
     assert rows[0] == good and rows[3] == MESSAGES[1]
     assert rows[1].reason.startswith("invalid JSON") and rows[2].reason == "not UTF-8 text (byte 1)"
     assert rows.where(2) == f"{path}, line 6"
+
+
+def test_hub_rows_read_in_blocks_equal_to_list():
+    """A Hub dataset's rows are read 1,000 at a time when indexed (``DatasetRows``), equal to ``to_list``."""
+    import datasets
+
+    from nanosft.data import DatasetRows
+
+    rows = [{"id": str(i), "chat": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}],
+             "note": None if i % 2 else "x"} for i in range(25)]
+    ds = datasets.Dataset.from_list(rows)
+    lazy = DatasetRows(ds, block=7)  # blocks [0,7) [7,14) ... [21,25)
+    assert len(lazy) == 25
+    assert [lazy[i] for i in range(25)] == ds.to_list() == rows
+    assert lazy[6] == rows[6] and lazy[24] == rows[24] and lazy[0] == rows[0]  # backwards: block reloaded
