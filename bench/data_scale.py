@@ -8,7 +8,8 @@ processes (one at a time, OMP_NUM_THREADS=1, one render process):
 
 - ``prepare``: the first preparation (``nanosft.prepare.prepare_rows``: load, render, pack, write the cache);
 - ``hit``: a second start that hits the cache, from process start (imports included) to the end of the first
-  optimizer step of ``NanoSFTTrainer`` on a tiny 2-layer model (B=1, rows of T);
+  optimizer step of ``NanoSFTTrainer`` on a tiny 2-layer model (B=1, rows of T); a hit verifies the CRC-32 of
+  the cache file, timed again afterwards next to a BLAKE2b of the same file;
 - ``rank``: a non-main rank: ``prepare_rows`` finds the cache and memory-maps it, then collates 1,000
   random rows (what its dataloader reads first);
 - ``trl``: TRL's own path on the same file: ``load_dataset("json")`` then ``SFTTrainer.__init__`` with
@@ -132,8 +133,23 @@ def child(mode: str, path: str, cache: str, T: int) -> dict:
                              save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True)
         trainer = NanoSFTTrainer(model=model, args=args, train_dataset=prep.rows, processing_class=tok)
         trainer.train()
-        return {"seconds": time.perf_counter() - T0, "prepare_seconds": t_prep, "imports_seconds": t_imports,
-                "status": prep.status}
+        out = {"seconds": time.perf_counter() - T0, "prepare_seconds": t_prep, "imports_seconds": t_imports,
+               "status": prep.status}
+        import hashlib
+
+        from nanosft.prepare import crc32_file
+
+        rows = os.path.join(prep.path, "rows.arrow")  # the hit's own checksum (inside prepare_rows), and BLAKE2b's
+        t = time.perf_counter()
+        crc32_file(rows)
+        out["crc32_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        h = hashlib.blake2b()
+        with open(rows, "rb") as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+        out["blake2b_seconds"] = time.perf_counter() - t
+        return out
     if mode == "trl":
         import torch
         from transformers import NanoChatConfig, NanoChatForCausalLM
@@ -205,7 +221,8 @@ def main():
             note = {"prepare": f"{r['prepare']['rows']} rows, fill {100 * r['prepare']['fill']:.2f}%, "
                                f"cache {r['prepare']['cache_bytes'] / tokens:.2f} bytes/token",
                     "hit": f"process start -> first step done; imports+tokenizer {r['hit']['imports_seconds']:.1f} s, "
-                           f"prepare_rows {r['hit']['prepare_seconds']:.2f} s",
+                           f"prepare_rows {r['hit']['prepare_seconds']:.2f} s (CRC-32 check "
+                           f"{r['hit']['crc32_seconds']:.2f} s; BLAKE2b would take {r['hit']['blake2b_seconds']:.2f} s)",
                     "rank": "prepare_rows (hit, memory-map) + 1,000 rows collated",
                     "trl": f"load_dataset + SFTTrainer init, {m.get('rows', 0)} rows"}[step]
             print(f"{n:>7} {tokens:>11,} {step:<8} {m['seconds']:>8.1f} {m['peak_rss_gib']:>12.2f} "

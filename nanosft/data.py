@@ -8,7 +8,9 @@ User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of
 loaded, validated and rendered before the model is built, so a missing file or a malformed row fails in
 seconds, not after a model download. The mixture is shuffled once with ``random.Random(seed)``
 (nanochat's TaskMixture, seed 42), then rendered with one batched encode per 1,000 conversations
-(``ChatRenderer.render_batch``).
+(``ChatRenderer.render_batch``). ``iter_conversations`` streams one dataset's valid conversations (what
+``nanosft.prepare`` renders, each distinct conversation once) and ``mixture_entries`` gives the shuffled
+``(dataset, conversation)`` order; ``load_mixture`` holds the whole mixture in memory, for small uses.
 
 The result is a ``datasets.Dataset`` with columns ``input_ids``, ``assistant_masks`` (TRL's name for the
 assistant mask) and ``source``; TRL treats it as pre-tokenized.
@@ -20,12 +22,13 @@ import functools
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import partial
 
 from .errors import ConfigError, DataSourceError, DataValidationError
 from .formats import FIELD_KEYS, FORMATS, converter, read_files
-from .tasks import InvalidLine, Rows, gpteacher, gsm8k, identity, load_hub, position, spellingbee
+from .tasks import InvalidLine, LazyRows, Rows, gpteacher, gsm8k, identity, load_hub, position, spellingbee
 from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 
 logger = logging.getLogger(__name__)
@@ -37,9 +40,29 @@ def _hub_rows(split="train", data_dir=None, hub_id=None, subset=None, columns=No
         raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id)")
     ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
     keep = [c for c in columns or () if c in ds.column_names]
-    rows = Rows()
-    rows.add((ds.select_columns(keep) if keep else ds).to_list(), f"Hub dataset {hub_id}", "row index")
+    rows = LazyRows()
+    rows.add(DatasetRows(ds.select_columns(keep) if keep else ds), f"Hub dataset {hub_id}", "row index")
     return rows
+
+
+class DatasetRows:
+    """The rows of a ``datasets.Dataset`` as dicts (what ``Dataset.to_list`` holds), read ``block`` rows at a
+    time when indexed: the Arrow table stays memory-mapped instead of becoming Python objects all at once.
+    Efficient for increasing indices (``iter_conversations`` reads rows in source order)."""
+
+    def __init__(self, ds, block: int = 1000):
+        self.ds, self.block = ds, block
+        self._start, self._rows = 0, []
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        if not self._start <= i < self._start + len(self._rows):
+            self._start = i - i % self.block
+            cols = self.ds[self._start:self._start + self.block]
+            self._rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+        return self._rows[i - self._start]
 
 
 def _file_rows(split="train", data_dir=None, path=None) -> Rows:
@@ -252,10 +275,80 @@ def _position(spec: DatasetSpec, raw, row: int) -> str:
     return position(raw, row)
 
 
+def iter_conversations(spec: DatasetSpec, data_dir: str | None, seed: int = 42, skip_invalid: bool = False,
+                       chunk: int = 1000) -> Iterator[list[list[dict]]]:
+    """The valid, normalized conversations of one dataset (one epoch, ``max_rows`` applied), in source order,
+    in lists of up to ``chunk``.
+
+    Streaming: each raw row is released once it is converted (when the loader returned a list), so besides
+    the loader's own rows only one chunk of normalized conversations is alive at a time.
+
+    Raises:
+        DataSourceError: from the loader (a missing file, an unloadable Hub dataset).
+        DataValidationError: as ``load_mixture`` (an invalid row without ``skip_invalid``, naming the dataset
+            and the row's 1-based line / row or Hub row index; no valid row at all).
+    """
+    raw = spec.load(data_dir)
+    kept = spec.row_indices(len(raw), seed)
+    to_messages = spec.converter
+    release = type(raw) in (list, Rows)  # a LazyRows holds nothing to release
+    valid, skipped, n_valid = [], [], 0
+    for row in kept:  # row: the index in the source
+        try:
+            r = raw[row]
+            valid.append(check_training_conversation(r if isinstance(r, InvalidLine) else to_messages(r)))
+        except ConversationError as e:
+            if not skip_invalid:
+                raise DataValidationError(
+                    f"invalid row: {e}; dataset {spec.label}, {_position(spec, raw, row)}; "
+                    "fix the row, or set `skip_invalid: true` to skip invalid rows"
+                ) from None
+            skipped.append(f"{_position(spec, raw, row)}: {e}")
+        if release:
+            raw[row] = None  # row indices are distinct: never read again
+        if len(valid) == chunk:
+            n_valid += len(valid)
+            yield valid
+            valid = []
+    if valid:
+        n_valid += len(valid)
+        yield valid
+    if skipped:
+        more = f"; ... ({len(skipped) - MAX_SKIPS_SHOWN} more)" if len(skipped) > MAX_SKIPS_SHOWN else ""
+        logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid): %s%s", spec.label, len(skipped),
+                       len(kept), "; ".join(skipped[:MAX_SKIPS_SHOWN]), more)
+    if not n_valid:
+        raise DataValidationError(f"no valid conversations in dataset {spec.label} ({len(kept)} rows, "
+                                  f"{len(skipped)} invalid); check its `path:`/`name:` and the rows' format")
+    logger.info("dataset %s: %d conversations x %s epochs", spec.label, n_valid, spec.epochs)
+
+
+def mixture_order(n: int, seed: int) -> list[int]:
+    """The shuffle of a mixture of ``n`` entries: position j of the mixture holds entry ``order[j]``.
+
+    ``random.Random(seed).shuffle`` (nanochat's TaskMixture, ``nanochat/tasks/common.py``, seed 42) draws
+    its swaps from ``n`` alone, so shuffling ``range(n)`` and indexing gives the same order as shuffling
+    the entries themselves.
+    """
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def mixture_entries(specs: list[DatasetSpec], counts: list[int], seed: int) -> list[tuple[int, int]]:
+    """``(dataset index, conversation index)`` of every mixture entry, in shuffled order.
+
+    Args:
+        counts: the number of valid conversations of each dataset (``iter_conversations``).
+    """
+    items = [(d, i) for d, spec in enumerate(specs) for i in spec.epoch_indices(counts[d], seed)]
+    return [items[k] for k in mixture_order(len(items), seed)]
+
+
 def load_mixture(
     specs: list[DatasetSpec], data_dir: str | None, seed: int = 42, skip_invalid: bool = False
 ) -> tuple[list[list[dict]], list[str]]:
-    """Load, validate and shuffle a mixture.
+    """Load, validate and shuffle a mixture (``iter_conversations`` per dataset, then ``mixture_entries``).
 
     ``seed`` draws each dataset's ``max_rows`` subset (``DatasetSpec.row_indices``) and shuffles the mixture.
 
@@ -270,34 +363,10 @@ def load_mixture(
             reason. With ``skip_invalid``, invalid rows are counted and the first ``MAX_SKIPS_SHOWN``
             logged with their positions and reasons.
     """
-    items: list[tuple[list[dict], str]] = []
-    for spec in specs:
-        raw = spec.load(data_dir)
-        kept = spec.row_indices(len(raw), seed)
-        to_messages = spec.converter
-        valid, skipped = [], []
-        for row in kept:  # row: the index in the source
-            try:
-                r = raw[row]
-                valid.append(check_training_conversation(r if isinstance(r, InvalidLine) else to_messages(r)))
-            except ConversationError as e:
-                if not skip_invalid:
-                    raise DataValidationError(
-                        f"invalid row: {e}; dataset {spec.label}, {_position(spec, raw, row)}; "
-                        "fix the row, or set `skip_invalid: true` to skip invalid rows"
-                    ) from None
-                skipped.append(f"{_position(spec, raw, row)}: {e}")
-        if skipped:
-            more = f"; ... ({len(skipped) - MAX_SKIPS_SHOWN} more)" if len(skipped) > MAX_SKIPS_SHOWN else ""
-            logger.warning("dataset %s: skipped %d invalid rows of %d (skip_invalid): %s%s", spec.label, len(skipped),
-                           len(kept), "; ".join(skipped[:MAX_SKIPS_SHOWN]), more)
-        if not valid:
-            raise DataValidationError(f"no valid conversations in dataset {spec.label} ({len(kept)} rows, "
-                                      f"{len(skipped)} invalid); check its `path:`/`name:` and the rows' format")
-        items += [(valid[i], spec.label) for i in spec.epoch_indices(len(valid), seed)]
-        logger.info("dataset %s: %d conversations x %s epochs", spec.label, len(valid), spec.epochs)
-    random.Random(seed).shuffle(items)
-    return [c for c, _ in items], [s for _, s in items]
+    per_dataset = [[c for part in iter_conversations(spec, data_dir, seed, skip_invalid) for c in part]
+                   for spec in specs]
+    entries = mixture_entries(specs, [len(v) for v in per_dataset], seed)
+    return [per_dataset[d][i] for d, i in entries], [specs[d].label for d, _ in entries]
 
 
 def render_dataset(renderer: ChatRenderer, conversations: list, sources: list[str], chunk: int = 1000,

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .tasks import DataSourceError, Rows, read_jsonl, require_file
+from .tasks import DataSourceError, JsonlLines, LazyRows, Rows, require_file
 from .template import ConversationError
 
 ROLES = ("system", "user", "assistant")
@@ -251,7 +251,8 @@ def read_files(path: str | list[str]) -> Rows:
     """All rows of the files named by ``path`` (see ``expand_paths``), in file order.
 
     Returns:
-        ``Rows``: raw rows (dicts, or lists for bare JSONL message lists), each with its file and 1-based
+        ``Rows`` (``LazyRows``: JSON-lines files are parsed row by row when indexed, ``JsonlLines``): raw
+        rows (dicts, or lists for bare JSONL message lists), each with its file and 1-based
         line (JSONL) or row (JSON array, Parquet, CSV data row) for ``Rows.where``. A JSONL line that is
         not JSON is an ``InvalidLine`` row (``load_mixture`` rejects it, or skips it with ``skip_invalid``).
 
@@ -259,11 +260,11 @@ def read_files(path: str | list[str]) -> Rows:
         DataSourceError: missing file, no match, unknown type, an invalid JSON array (file and line), an
             unreadable table.
     """
-    rows = Rows()
+    rows = LazyRows()
     for f in expand_paths(path):
         if f.endswith(".jsonl"):
-            part = read_jsonl(f, keep_invalid=True)  # bad lines: InvalidLine rows, rejected or skipped later
-            rows.add(part, f, "line", part.segments[0][3])
+            part = JsonlLines(f)  # parsed when read; bad lines: InvalidLine rows, rejected or skipped later
+            rows.add(part, f, "line", part.numbers)
         elif f.endswith(".json"):
             rows.add(_read_json_array(f), f, "row")
         else:

@@ -6,12 +6,18 @@ builds the cache ahead of a (multi-node) launch; ``nanosft.train`` calls the sam
 under ``main_process_first``, so the main process of each node builds (or finds) the cache and the
 other ranks only memory-map it.
 
-Steps of a build (``prepare_rows``), all in bounded memory except the raw conversations themselves:
+Steps of a build (``prepare_rows``), in memory flat in the dataset size but for a few numbers per
+conversation: JSON-lines files and Hub datasets are read row by row (``JsonlLines``, ``DatasetRows``);
+the other loaders (task files, .json arrays, Parquet/CSV) return one dataset's rows as a list, released
+row by row as they are rendered:
 
-1. ``load_mixture`` (validated, shuffled conversations, as before).
-2. Rendering in chunks of 1,000 conversations (``ChatRenderer.render_batch``), optionally in
-   ``num_proc`` forked workers, with a progress bar. Each chunk is appended to flat token and mask
-   files (int32, int8); per-source supervision stats and truncation counts are accumulated on the way.
+1. One dataset at a time, its valid conversations in chunks of 1,000 (``iter_conversations``: the
+   validation and errors of ``load_mixture``). Each distinct conversation is rendered once, in full
+   (``ChatRenderer.render_batch``), optionally in ``num_proc`` forked workers, with a progress bar, and
+   appended to flat token and mask files (int32, int8) in the build folder.
+2. The mixture is a permutation of indices into those files: each dataset's ``epoch_indices``, shuffled
+   by ``mixture_order`` (the same order as ``load_mixture``'s). Truncation is a shorter length (the
+   renderer cuts a prefix); per-source supervision stats and truncation counts are computed per entry.
 3. The packing plan is computed from the array of lengths: ``packing_strategy="nanochat"`` is the
    buffered best-fit of today (``pack_best_fit``, identical rows), ``"bfd"`` is best-fit decreasing over
    the whole dataset (``pack_best_fit_decreasing``).
@@ -30,8 +36,9 @@ dataset specs, the contents of the local files they read or their Hub revisions,
 chat-format version, ``max_length``, the packing options, the seed and ``skip_invalid``. A build is
 written into a ``.tmp-<name>-<fingerprint>-<host>-<pid>-*`` folder and renamed into place once complete
 (atomic; a killed build's folder is removed by the next build on that host), with ``meta.json``
-(fingerprint inputs, stats, row count, file size); a cache folder whose meta or Arrow file does not
-check out is rebuilt. Every hit or miss is logged with its reason.
+(fingerprint inputs, stats, row count, file size, CRC-32 of the Arrow file); a cache folder whose meta
+or Arrow file does not check out (size, checksum, opening, row count) is rebuilt. Every hit or miss is
+logged with its reason.
 """
 
 from __future__ import annotations
@@ -41,7 +48,6 @@ import glob
 import hashlib
 import json
 import logging
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -49,8 +55,9 @@ import socket
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import asdict, dataclass
-from itertools import chain
+from itertools import chain, islice
 
 import datasets
 import numpy as np
@@ -61,7 +68,7 @@ from huggingface_hub import HfApi
 
 from .checkpoint import write_json_atomic
 from .config import build_config, read_config_dict
-from .data import DatasetSpec, DataValidationError, load_mixture
+from .data import DatasetSpec, DataValidationError, iter_conversations, mixture_order
 from .errors import run_cli
 from .packing import pack_best_fit, pack_best_fit_decreasing
 from .template import CHAT_FORMAT_VERSION, ChatRenderer, RenderStats
@@ -69,7 +76,7 @@ from .tokenizer import ASSISTANT_END
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # layout of a cache folder; bump when it changes
+CACHE_FORMAT = 2  # layout of a cache folder; bump when it changes (2: arrow_crc32 in meta.json)
 PACKING_STRATEGIES = ("nanochat", "bfd")
 OVERLONG_MODES = ("truncate", "split")
 ROWS_FILE, META_FILE = "rows.arrow", "meta.json"
@@ -91,6 +98,20 @@ def _sha256_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def crc32_file(path: str, block: int = 8 << 20) -> str:
+    """CRC-32 (``zlib.crc32``) of a file, read in ``block``-byte chunks, as 8 hex digits.
+
+    A corruption check, not a cryptographic hash: it catches any burst error of up to 32 bits and misses a
+    random corruption with probability 2**-32, at several times the speed of ``hashlib.blake2b``, so a cache
+    hit can afford it on every start.
+    """
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
 
 
 def _sha256_tree(path: str) -> str:
@@ -196,29 +217,33 @@ def check_supervision(rendered, tokenizer, first: int = 256) -> None:
 # ----------------------------------------------------------------------------------------------------
 # build
 
-_WORK: dict = {}  # renderer, conversations, sources, chunk: set before forking the render workers
+_WORK: dict = {}  # renderer, keep: set before forking the render workers
 
 
-def _render_chunk(start: int):
-    """Render conversations [start, start + chunk): flat int32 ids, int8 masks, int64 lengths, RenderStats."""
-    renderer, convs, sources, chunk = _WORK["renderer"], _WORK["convs"], _WORK["sources"], _WORK["chunk"]
-    renderer.stats = RenderStats()
-    out = renderer.render_batch(convs[start:start + chunk], normalized=True, sources=sources[start:start + chunk])
+def _render_chunk(convs: list) -> tuple:
+    """Render normalized conversations in full: flat int32 ids, int8 masks, int64 lengths, and int64 supervised
+    tokens within the first ``_WORK["keep"]`` tokens (what truncation keeps)."""
+    renderer, keep = _WORK["renderer"], _WORK["keep"]
+    out = renderer.render_batch(convs, normalized=True)
     lens = np.fromiter((len(x) for x, _ in out), dtype=np.int64, count=len(out))
     total = int(lens.sum())
     ids = np.fromiter(chain.from_iterable(x for x, _ in out), dtype=np.int32, count=total)
     mask = np.fromiter(chain.from_iterable(m for _, m in out), dtype=np.int8, count=total)
-    return ids, mask, lens, renderer.stats
+    sup = np.fromiter((sum(m[:keep]) for _, m in out), dtype=np.int64, count=len(out))
+    return ids, mask, lens, sup
 
 
-def _merge_render_stats(into: RenderStats, part: RenderStats) -> None:
-    into.conversations += part.conversations
-    into.truncated += part.truncated
-    into.tokens_dropped += part.tokens_dropped
-    for src, per in part.by_source.items():
-        acc = into.by_source.setdefault(src, {"conversations": 0, "truncated": 0, "tokens_dropped": 0})
-        for k, v in per.items():
-            acc[k] += v
+def _check_head(order, lengths, starts, ids_file, mask_file, tokenizer, first: int = 256) -> None:
+    """``check_supervision`` on the first ``first`` mixture entries, read from the flat token/mask files."""
+    n = min(first, len(order))
+    if not n:
+        return
+    ids_mm, mask_mm = np.memmap(ids_file, dtype=np.int32, mode="r"), np.memmap(mask_file, dtype=np.int8, mode="r")
+    spans = list(zip(starts[order[:n]].tolist(), lengths[:n].tolist()))
+    head = {"input_ids": [ids_mm[a:a + k].tolist() for a, k in spans],
+            "assistant_masks": [mask_mm[a:a + k].tolist() for a, k in spans]}
+    del ids_mm, mask_mm
+    check_supervision(head, tokenizer, first)
 
 
 def document_pieces(lengths: np.ndarray, capacity: int, split: bool):
@@ -241,96 +266,137 @@ def document_pieces(lengths: np.ndarray, capacity: int, split: bool):
 
 def _write_rows(path: str, rows: list[list[int]], doc_start: np.ndarray, doc_len: np.ndarray, doc_cont: np.ndarray,
                 ids_file: str, mask_file: str, block: int = 2048) -> None:
-    """Gather packed rows from the flat token/mask files and write them as an Arrow IPC stream."""
-    ids_mm = np.memmap(ids_file, dtype=np.int32, mode="r") if os.path.getsize(ids_file) else np.zeros(0, np.int32)
-    mask_mm = np.memmap(mask_file, dtype=np.int8, mode="r") if os.path.getsize(mask_file) else np.zeros(0, np.int8)
+    """Gather packed rows from the flat token/mask files and write them as an Arrow IPC stream.
+
+    Documents are read with ``os.pread`` (no memory map: a mapping's fault-around would count most of the
+    flat files' pages in this process's RSS while a block of randomly placed documents is gathered).
+    """
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("assistant_masks", pa.list_(pa.int8())),
                         ("seq_lengths", pa.list_(pa.int32()))])
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for a in range(0, len(rows), block):
-            part = rows[a:a + block]
-            docs = np.fromiter(chain.from_iterable(part), dtype=np.int64)
-            per_row = np.fromiter((len(r) for r in part), dtype=np.int64, count=len(part))
-            dl, ds = doc_len[docs], doc_start[docs]
-            off = np.cumsum(dl) - dl  # start of each document in this block's flat values
-            idx = np.repeat(ds - off, dl) + np.arange(int(dl.sum()), dtype=np.int64)
-            vals, masks = ids_mm[idx], mask_mm[idx]  # fancy indexing copies
-            for mm in (ids_mm, mask_mm):  # drop the mapped pages read so far: RSS stays flat in the file size
-                if isinstance(mm, np.memmap) and hasattr(mmap, "MADV_DONTNEED"):
-                    mm._mmap.madvise(mmap.MADV_DONTNEED)
-            masks[off[doc_cont[docs]]] = 0  # a continuation's first token is context only
-            doc_offsets = np.concatenate([[0], np.cumsum(per_row)])
-            row_tokens = np.add.reduceat(dl, doc_offsets[:-1]) if len(dl) else np.zeros(0, np.int64)
-            tok_offsets = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
-            batch = pa.record_batch([
-                pa.ListArray.from_arrays(tok_offsets, pa.array(vals, pa.int32())),
-                pa.ListArray.from_arrays(tok_offsets, pa.array(masks, pa.int8())),
-                pa.ListArray.from_arrays(pa.array(doc_offsets.astype(np.int32)), pa.array(dl.astype(np.int32))),
-            ], schema=schema)
-            writer.write_batch(batch)
+    fd_ids, fd_mask = os.open(ids_file, os.O_RDONLY), os.open(mask_file, os.O_RDONLY)
+    try:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for a in range(0, len(rows), block):
+                part = rows[a:a + block]
+                docs = np.fromiter(chain.from_iterable(part), dtype=np.int64)
+                per_row = np.fromiter((len(r) for r in part), dtype=np.int64, count=len(part))
+                dl, ds = doc_len[docs], doc_start[docs]
+                off = np.cumsum(dl) - dl  # start of each document in this block's flat values
+                pairs = list(zip(ds.tolist(), dl.tolist()))
+                vals = np.frombuffer(b"".join(os.pread(fd_ids, 4 * n, 4 * s) for s, n in pairs), dtype=np.int32)
+                masks = np.frombuffer(b"".join(os.pread(fd_mask, n, s) for s, n in pairs), dtype=np.int8).copy()
+                _write_block(writer, schema, vals, masks, off, dl, per_row, doc_cont[docs])
+    finally:
+        os.close(fd_ids)
+        os.close(fd_mask)
+
+
+def _write_block(writer, schema, vals, masks, off, dl, per_row, cont) -> None:
+    """One record batch of packed rows: ``vals``/``masks`` flat over the block's documents (lengths ``dl``,
+    starts ``off``), ``per_row`` documents a row, ``cont`` marks continuation pieces."""
+    masks[off[cont]] = 0  # a continuation's first token is context only
+    doc_offsets = np.concatenate([[0], np.cumsum(per_row)])
+    row_tokens = np.add.reduceat(dl, doc_offsets[:-1]) if len(dl) else np.zeros(0, np.int64)
+    tok_offsets = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
+    batch = pa.record_batch([
+        pa.ListArray.from_arrays(tok_offsets, pa.array(vals, pa.int32())),
+        pa.ListArray.from_arrays(tok_offsets, pa.array(masks, pa.int8())),
+        pa.ListArray.from_arrays(pa.array(doc_offsets.astype(np.int32)), pa.array(dl.astype(np.int32))),
+    ], schema=schema)
+    writer.write_batch(batch)
 
 
 def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strategy, buffer_size, overlong, seed,
            skip_invalid, num_proc, name, check) -> dict:
-    """Load, render and pack into ``folder`` (a fresh temp folder); returns the meta record (without inputs)."""
+    """Load, render and pack into ``folder`` (a fresh temp folder); returns the meta record (without inputs).
+
+    One dataset at a time (``iter_conversations``, chunks of 1,000), each distinct conversation is rendered
+    once, in full, and appended to flat token/mask files; the mixture (epochs, shuffle) is then a permutation
+    of indices into those files (``mixture_entries``' order), truncation a shorter length.
+    """
     t0 = time.perf_counter()
     capacity = max_length + 1
-    convs, sources = load_mixture(specs, data_dir, seed=seed, skip_invalid=skip_invalid)
-    t_load = time.perf_counter() - t0
-    renderer = ChatRenderer(tokenizer, max_tokens=capacity if overlong == "truncate" else None)
+    truncate = overlong == "truncate"
+    renderer = ChatRenderer(tokenizer, max_tokens=capacity if truncate else None)
     ids_file, mask_file = os.path.join(folder, "ids.bin"), os.path.join(folder, "mask.bin")
-    chunk = 1000
-    _WORK.update(renderer=renderer, convs=convs, sources=sources, chunk=chunk)
-    starts = range(0, len(convs), chunk)
-    render_stats = RenderStats()
-    acc: dict[str, dict] = {}
-    lengths: list[np.ndarray] = []
-    head = {"input_ids": [], "assistant_masks": []}  # the first 256 conversations, for check_supervision
-    pool = None
-    if num_proc and num_proc > 1 and len(starts) > 1:
-        pool = multiprocessing.get_context("fork").Pool(num_proc)
-        results = pool.imap(_render_chunk, starts)
-    else:
-        results = map(_render_chunk, starts)
+    _WORK.update(renderer=ChatRenderer(tokenizer), keep=capacity if truncate else None)
+    workers = num_proc if num_proc and num_proc > 1 else 1
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    full_len, sup_kept, entries = [], [], []  # per distinct conversation; per dataset: its entries' global ids
+    n_distinct, bar = 0, None
     try:
-        with open(ids_file, "wb") as f_ids, open(mask_file, "wb") as f_mask, \
-                tqdm(total=len(convs), desc=f"render {name}", unit="conv") as bar:
-            for start, (ids, mask, lens, st) in zip(starts, results):
-                ids.tofile(f_ids)
-                mask.tofile(f_mask)
-                lengths.append(lens)
-                _merge_render_stats(render_stats, st)
-                offsets = np.cumsum(lens) - lens
-                sup = np.add.reduceat(mask.astype(np.int64), offsets) if len(lens) else lens
-                for src, n, s in zip(sources[start:start + chunk], lens.tolist(), sup.tolist()):
-                    a = acc.get(src)
-                    if a is None:
-                        a = acc[src] = {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0}
-                    a["conversations"] += 1
-                    a["tokens"] += n
-                    a["supervised"] += s
-                    a["max_len"] = max(a["max_len"], n)
-                if check and len(head["input_ids"]) < 256:
-                    for o, n in zip(offsets.tolist(), lens.tolist()):
-                        if len(head["input_ids"]) < 256:
-                            head["input_ids"].append(ids[o:o + n].tolist())
-                            head["assistant_masks"].append(mask[o:o + n].tolist())
-                    if len(head["input_ids"]) >= min(256, len(convs)):
-                        check_supervision(head, tokenizer)
-                bar.update(len(lens))
+        with open(ids_file, "wb") as f_ids, open(mask_file, "wb") as f_mask:
+            for spec in specs:
+                first = n_distinct
+                parts = iter_conversations(spec, data_dir, seed=seed, skip_invalid=skip_invalid)
+                while True:
+                    window = list(islice(parts, 2 * workers))  # bounded: a few chunks in flight
+                    if not window:
+                        break
+                    if bar is None:  # opened once rows validate: an invalid first row leaves only its error line
+                        bar = tqdm(desc=f"render {name}", unit="conv")
+                    done = pool.map(_render_chunk, window) if pool else map(_render_chunk, window)
+                    for ids, mask, lens, sup in done:
+                        ids.tofile(f_ids)
+                        mask.tofile(f_mask)
+                        full_len.append(lens)
+                        sup_kept.append(sup)
+                        n_distinct += len(lens)
+                        bar.update(len(lens))
+                entries.append(first + np.asarray(spec.epoch_indices(n_distinct - first, seed), dtype=np.int64))
     finally:
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.terminate()
         _WORK.clear()
-    del convs
-    t_render = time.perf_counter() - t0 - t_load
+    t_load_render = time.perf_counter() - t0
+
+    full_len = np.concatenate(full_len) if full_len else np.zeros(0, np.int64)
+    sup_kept = np.concatenate(sup_kept) if sup_kept else np.zeros(0, np.int64)
+    dist_start = np.cumsum(full_len) - full_len
+    dataset_of = np.concatenate([np.full(len(e), d, dtype=np.int64) for d, e in enumerate(entries)])
+    perm = np.asarray(mixture_order(len(dataset_of), seed), dtype=np.int64)
+    order = np.concatenate(entries)[perm]  # mixture position -> distinct conversation
+    dataset_of = dataset_of[perm]
+    del perm, entries
+    lengths_all = np.minimum(full_len[order], capacity) if truncate else full_len[order]
+    if check:
+        _check_head(order, lengths_all, dist_start, ids_file, mask_file, tokenizer)
+
+    # truncation stats (RenderStats) and per-source supervision stats, per mixture entry
+    labels = [s.label for s in specs]
+    dropped = full_len[order] - lengths_all
+    n_ds = len(specs)
+    per_ds = {"conversations": np.bincount(dataset_of, minlength=n_ds),
+              "tokens": np.bincount(dataset_of, weights=lengths_all, minlength=n_ds),
+              "supervised": np.bincount(dataset_of, weights=sup_kept[order], minlength=n_ds),
+              "truncated": np.bincount(dataset_of, weights=(dropped > 0).astype(np.int64), minlength=n_ds),
+              "tokens_dropped": np.bincount(dataset_of, weights=dropped, minlength=n_ds)}
+    max_len = np.zeros(n_ds, np.int64)
+    np.maximum.at(max_len, dataset_of, lengths_all)
+    render_stats = RenderStats(conversations=len(order), truncated=int((dropped > 0).sum()),
+                               tokens_dropped=int(dropped.sum()))
+    acc: dict[str, dict] = {}
+    for d, src in enumerate(labels):
+        a = acc.setdefault(src, {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0})
+        for k in ("conversations", "tokens", "supervised"):
+            a[k] += int(per_ds[k][d])
+        a["max_len"] = max(a["max_len"], int(max_len[d]))
+        per = render_stats.by_source.setdefault(src, {"conversations": 0, "truncated": 0, "tokens_dropped": 0})
+        per["conversations"] += int(per_ds["conversations"][d])
+        per["truncated"] += int(per_ds["truncated"][d])
+        per["tokens_dropped"] += int(per_ds["tokens_dropped"][d])
+    acc = {src: a for src, a in acc.items() if a["conversations"]}
+    del dropped, sup_kept
     renderer.stats = render_stats
     renderer.log_stats(name)
 
-    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    conv_start = np.cumsum(lengths_all) - lengths_all
+    conv_start = dist_start[order]
+    del full_len, dist_start, order
     conv, offset, doc_len, doc_cont = document_pieces(lengths_all, capacity, overlong == "split")
     doc_start = conv_start[conv] + offset
+    del conv_start
     plan_lengths = doc_len.tolist()
     if packing_strategy == "bfd":
         rows = pack_best_fit_decreasing(plan_lengths, capacity)
@@ -340,17 +406,18 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
     _write_rows(path, rows, doc_start, doc_len, doc_cont, ids_file, mask_file)
     os.unlink(ids_file)
     os.unlink(mask_file)
-    t_pack = time.perf_counter() - t0 - t_load - t_render
+    t_pack = time.perf_counter() - t0 - t_load_render
 
     # per-source stats: supervision_stats' keys + truncation (or split) counts
     split_per_src: dict[str, list[int]] = {}
     if overlong == "split":
         pieces = np.bincount(conv, minlength=len(lengths_all))
-        for src, p in zip(sources, pieces.tolist()):
-            if p > 1:
-                s = split_per_src.setdefault(src, [0, 0])
-                s[0] += 1
-                s[1] += p - 1
+        n_split = np.bincount(dataset_of, weights=(pieces > 1).astype(np.int64), minlength=len(specs))
+        n_cont = np.bincount(dataset_of, weights=pieces - 1, minlength=len(specs))
+        for d, src in enumerate(labels):
+            s = split_per_src.setdefault(src, [0, 0])
+            s[0] += int(n_split[d])
+            s[1] += int(n_cont[d])
     stats = {}
     for src, a in sorted(acc.items()):
         per = render_stats.by_source.get(src, {})
@@ -369,11 +436,12 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
                "tokens_dropped": render_stats.tokens_dropped,
                "split": sum(v[0] for v in split_per_src.values()),
                "continuation_rows": sum(v[1] for v in split_per_src.values()),
-               "seconds": {"load": round(t_load, 2), "render": round(t_render, 2), "pack": round(t_pack, 2)}}
-    logger.info("%s: packed %d documents into %d rows of %d tokens (%s): %.2f%% of slots real; load %.1f s, "
-                "render %.1f s, pack+write %.1f s", name, len(plan_lengths), len(rows), capacity, packing_strategy,
-                100 * packing["fill"], t_load, t_render, t_pack)
-    return {"num_rows": len(rows), "arrow_bytes": os.path.getsize(path), "stats": stats, "packing": packing}
+               "seconds": {"load_render": round(t_load_render, 2), "pack": round(t_pack, 2)}}
+    logger.info("%s: packed %d documents into %d rows of %d tokens (%s): %.2f%% of slots real; load+render %.1f s, "
+                "pack+write %.1f s", name, len(plan_lengths), len(rows), capacity, packing_strategy,
+                100 * packing["fill"], t_load_render, t_pack)
+    return {"num_rows": len(rows), "arrow_bytes": os.path.getsize(path), "arrow_crc32": crc32_file(path),
+            "stats": stats, "packing": packing}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -417,6 +485,8 @@ def _check_cache(folder: str, fp: str):
     size = os.path.getsize(rows_path) if os.path.isfile(rows_path) else -1
     if size != meta.get("arrow_bytes"):
         return None, f"corrupt cache ({ROWS_FILE} has {size} bytes, meta.json says {meta.get('arrow_bytes')})"
+    if crc32_file(rows_path) != meta.get("arrow_crc32"):
+        return None, f"corrupt cache ({ROWS_FILE} checksum differs from meta.json's arrow_crc32)"
     try:
         ds = datasets.Dataset.from_file(rows_path)
     except Exception as e:  # a damaged IPC stream: pyarrow raises ArrowInvalid and friends

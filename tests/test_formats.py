@@ -350,3 +350,44 @@ def test_inspect_shows_a_row_of_each_format(tmp_path, data_dir, capsys):
         assert f"=== files/{tmp_path / name}.jsonl[train] #1 (format {name}, " in out
     assert ("[-<|bos|><|user_start|>Translate to French.\n\ncat<|user_end|><|assistant_start|>]"
             "[+chat<|assistant_end|>]") in out
+
+
+def test_lazy_jsonl_rows_equal_read_jsonl_row_by_row(tmp_path):
+    """``read_files`` parses a JSON-lines file when each row is indexed (``JsonlLines``): same rows, same
+    InvalidLine reasons and 1-based lines as reading it whole, blank lines (also Unicode blanks) skipped."""
+    from nanosft.formats import read_files
+    from nanosft.tasks import InvalidLine, JsonlLines, read_jsonl
+
+    path = tmp_path / "mixed.jsonl"
+    good = {"messages": MESSAGES[0]}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\n\n  \n" + "\u00a0\n".encode()
+                     + b"{oops\n" + b"\xff\xfe\n" + json.dumps(MESSAGES[1]).encode() + b"\n")
+    whole = read_jsonl(str(path), keep_invalid=True)
+    lazy = JsonlLines(str(path))
+    assert list(lazy.numbers) == [1, 5, 6, 7] == whole.segments[0][3]  # lines 2-4 blank
+    rows = read_files(str(path))
+    assert len(rows) == len(lazy) == len(whole) == 4
+    for i in (3, 0, 2, 1):  # any order
+        got, ref = rows[i], whole[i]
+        if isinstance(ref, InvalidLine):
+            assert isinstance(got, InvalidLine) and got.reason == ref.reason
+        else:
+            assert got == ref
+    assert rows[0] == good and rows[3] == MESSAGES[1]
+    assert rows[1].reason.startswith("invalid JSON") and rows[2].reason == "not UTF-8 text (byte 1)"
+    assert rows.where(2) == f"{path}, line 6"
+
+
+def test_hub_rows_read_in_blocks_equal_to_list():
+    """A Hub dataset's rows are read 1,000 at a time when indexed (``DatasetRows``), equal to ``to_list``."""
+    import datasets
+
+    from nanosft.data import DatasetRows
+
+    rows = [{"id": str(i), "chat": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}],
+             "note": None if i % 2 else "x"} for i in range(25)]
+    ds = datasets.Dataset.from_list(rows)
+    lazy = DatasetRows(ds, block=7)  # blocks [0,7) [7,14) ... [21,25)
+    assert len(lazy) == 25
+    assert [lazy[i] for i in range(25)] == ds.to_list() == rows
+    assert lazy[6] == rows[6] and lazy[24] == rows[24] and lazy[0] == rows[0]  # backwards: block reloaded

@@ -25,9 +25,9 @@ def specs(mix=MIX):
     return [DatasetSpec.from_dict(d) for d in mix]
 
 
-def today(tokenizer, data_dir, T=T, buffer_size=100):
+def today(tokenizer, data_dir, T=T, buffer_size=100, mix=MIX):
     """The in-memory path that train.build_datasets used before the cache: render_dataset -> pack_dataset."""
-    convs, sources = load_mixture(specs(), data_dir)
+    convs, sources = load_mixture(specs(mix), data_dir)
     renderer = ChatRenderer(tokenizer, max_tokens=T + 1)
     rendered = render_dataset(renderer, convs, sources)
     return pack_dataset(rendered, T, buffer_size), supervision_stats(rendered, renderer.stats)
@@ -50,6 +50,23 @@ def test_rows_and_stats_identical_to_the_in_memory_path(nanochat_tokenizer, data
         assert prep.stats[src]["overlong"] == "truncate"
 
 
+# epochs repeat and sub-sample conversations (each rendered once by prepare_rows); two entries share a label
+EPOCH_MIX = [{"name": "gsm8k", "max_rows": 120, "epochs": 2.5}, {"name": "identity", "max_rows": 60, "epochs": 0.3},
+             {"name": "spellingbee", "size": 50}, {"name": "spellingbee", "size": 50, "epochs": 1.5}]
+
+
+def test_epochs_rows_and_stats_identical_to_the_in_memory_path(nanochat_tokenizer, data_dir, tmp_path):
+    ref_rows, ref_stats = today(nanochat_tokenizer, data_dir, mix=EPOCH_MIX)
+    prep = prepare_rows(specs(EPOCH_MIX), data_dir, nanochat_tokenizer, max_length=T, cache_dir=str(tmp_path))
+    got, ref = prep.rows[:], ref_rows[:]
+    for col in ("input_ids", "assistant_masks", "seq_lengths"):
+        assert got[col] == ref[col], col
+    assert ref_stats["spellingbee[train]"]["conversations"] == 50 + 75
+    assert sum(s["truncated"] for s in ref_stats.values()) > 0
+    for src, s in ref_stats.items():
+        assert {k: prep.stats[src][k] for k in s} == s
+
+
 def test_cache_hit_does_not_load_and_a_changed_input_rebuilds(nanochat_tokenizer, data_dir, tmp_path, monkeypatch):
     jsonl = tmp_path / "extra.jsonl"
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
@@ -64,7 +81,7 @@ def test_cache_hit_does_not_load_and_a_changed_input_rebuilds(nanochat_tokenizer
     def no_loading(*a, **k):
         raise AssertionError("a cache hit must not load or render")
 
-    monkeypatch.setattr(nanosft.prepare, "load_mixture", no_loading)
+    monkeypatch.setattr(nanosft.prepare, "iter_conversations", no_loading)
     hit = prepare_rows(mix, data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache)
     assert (hit.status, hit.fingerprint, hit.path) == ("hit", first.fingerprint, first.path)
     assert hit.rows[:] == first.rows[:] and hit.stats == first.stats
@@ -80,7 +97,7 @@ def test_cache_hit_does_not_load_and_a_changed_input_rebuilds(nanochat_tokenizer
     assert changed.fingerprint != other.fingerprint
 
 
-@pytest.mark.parametrize("damage", ["truncate_rows", "drop_meta", "garbage_meta"])
+@pytest.mark.parametrize("damage", ["truncate_rows", "flip_byte", "drop_meta", "garbage_meta"])
 def test_corrupt_or_half_written_cache_is_rebuilt(nanochat_tokenizer, data_dir, tmp_path, damage):
     cache = str(tmp_path)
     first = prepare_rows(specs(), data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache)
@@ -89,6 +106,12 @@ def test_corrupt_or_half_written_cache_is_rebuilt(nanochat_tokenizer, data_dir, 
     if damage == "truncate_rows":  # a copy cut short
         with open(rows, "r+b") as f:
             f.truncate(os.path.getsize(rows) // 2)
+    elif damage == "flip_byte":  # same size, still opens: only the checksum sees it
+        with open(rows, "r+b") as f:
+            f.seek(os.path.getsize(rows) // 2)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0xFF]))
     elif damage == "drop_meta":  # killed before the metadata was written
         os.unlink(meta)
     else:
@@ -99,6 +122,7 @@ def test_corrupt_or_half_written_cache_is_rebuilt(nanochat_tokenizer, data_dir, 
     os.makedirs(os.path.join(cache, f".tmp-train-{first.fingerprint}-{socket.gethostname()}-{dead.pid}-0123abcd"))
     again = prepare_rows(specs(), data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache)
     assert again.status == "built" and "corrupt" in again.reason, again.reason
+    assert damage != "flip_byte" or "checksum" in again.reason
     assert again.path == first.path and again.rows[:] == expected
     assert [p for p in os.listdir(cache) if p.startswith(".tmp")] == []
     assert prepare_rows(specs(), data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache).status == "hit"

@@ -14,10 +14,12 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from array import array
 
 from ..errors import DataSourceError, option
 
-__all__ = ["DataSourceError", "InvalidLine", "Rows", "load_hub", "position", "read_jsonl", "require_file"]
+__all__ = ["DataSourceError", "InvalidLine", "JsonlLines", "LazyRows", "Rows", "load_hub", "position", "read_jsonl",
+           "require_file"]
 
 
 class Rows(list):
@@ -76,6 +78,22 @@ def require_file(path: str, how_to_get: str) -> str:
     return path
 
 
+_BLANK = object()  # a blank line of a JSON-lines file (skipped)
+
+
+def _parse_jsonl_line(raw: bytes, lineno: int):
+    """``(row, None)`` for a JSON line, ``(_BLANK, None)`` for a blank one, ``(None, reason)`` for a bad one."""
+    try:
+        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        if not line.strip():
+            return _BLANK, None
+        return json.loads(line), None
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start + 1})"
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg}, column {e.colno})"
+
+
 def read_jsonl(path: str, keep_invalid: bool = False) -> Rows:
     """Read a JSON-lines file (UTF-8; a leading byte-order mark is accepted); blank lines are skipped.
 
@@ -92,23 +110,85 @@ def read_jsonl(path: str, keep_invalid: bool = False) -> Rows:
     rows, lines = [], []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                if not line.strip():
-                    continue
-                rows.append(json.loads(line))
-            except UnicodeDecodeError as e:
-                reason = f"not UTF-8 text (byte {e.start + 1})"
-            except json.JSONDecodeError as e:
-                reason = f"invalid JSON ({e.msg}, column {e.colno})"
-            else:
-                lines.append(lineno)
+            row, reason = _parse_jsonl_line(raw, lineno)
+            if row is _BLANK:
                 continue
-            if not keep_invalid:
-                raise DataSourceError(f"{reason}, {path}, line {lineno}; fix or remove the line") from None
-            rows.append(InvalidLine(reason))
+            if reason is not None:
+                if not keep_invalid:
+                    raise DataSourceError(f"{reason}, {path}, line {lineno}; fix or remove the line") from None
+                row = InvalidLine(reason)
+            rows.append(row)
             lines.append(lineno)
     return Rows(rows, source=path, unit="line", numbers=lines)
+
+
+class JsonlLines:
+    """The rows of a JSON-lines file, parsed when indexed: in memory only the byte offset and line number of
+    each non-blank line (16 bytes a row), so a large file is read in memory bounded by one row.
+
+    ``lines[j]`` is what ``read_jsonl(path, keep_invalid=True)[j]`` holds (the parsed row, or an
+    ``InvalidLine`` with the same reason); ``numbers`` are the 1-based line numbers. The file must not
+    change while it is read.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offsets, self.numbers = array("q"), array("q")
+        pos = 0
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    blank = not raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+                except UnicodeDecodeError:
+                    blank = False  # a row: InvalidLine when read
+                if not blank:
+                    self.offsets.append(pos)
+                    self.numbers.append(lineno)
+                pos += len(raw)
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, j: int):
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 (kept open while the rows are read)
+        self._file.seek(self.offsets[j])
+        row, reason = _parse_jsonl_line(self._file.readline(), self.numbers[j])
+        return InvalidLine(reason) if reason is not None else row
+
+    def __del__(self):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+
+class LazyRows(Rows):
+    """``Rows`` whose parts are sequences indexed on demand (``JsonlLines``, or lists), never copied into
+    one list. Supports ``len``, integer indexing and iteration; positions as ``Rows``."""
+
+    def __init__(self):
+        super().__init__()
+        self._parts: list = []
+        self._starts: list[int] = []
+        self._len = 0
+
+    def add(self, rows, source: str, unit: str, numbers=None) -> None:
+        self.segments.append((self._len, source, unit, numbers))
+        self._parts.append(rows)
+        self._starts.append(self._len)
+        self._len += len(rows)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int):
+        if not isinstance(i, int) or not 0 <= i < self._len:
+            raise IndexError(f"LazyRows index {i!r} (of {self._len} rows; integer indices only)")
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self._parts[k][i - self._starts[k]]
+
+    def __iter__(self):
+        return (self[i] for i in range(self._len))
 
 
 def load_hub(repo_id: str, *args, split: str, **kwargs):
