@@ -17,6 +17,7 @@ Defaults that differ from TRL's, and why:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import enum
 import functools
@@ -220,6 +221,16 @@ def resolve_local_path(key: str, value: str | None, folder_only: bool = False) -
         raise ConfigError(f"{key}: {what} not found: {value}{where}")
     return value
 
+
+
+def config_arg_parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """The command line shared by nanosft's config-driven CLIs (train, rl, prepare): ``--config`` (a YAML
+    file, ``examples`` named in its help) and repeatable ``--set key=value`` overrides (``parse_overrides``)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", required=True, help=f"YAML config ({examples})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), e.g. --set max_steps=3")
+    return p
 
 
 class _Yaml12Loader(yaml.SafeLoader):

@@ -43,7 +43,6 @@ logged with its reason.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -67,7 +66,7 @@ from datasets.utils.tqdm import tqdm
 from huggingface_hub import HfApi
 
 from .checkpoint import write_json_atomic
-from .config import build_config, read_config_dict
+from .config import build_config, config_arg_parser, read_config_dict
 from .data import DatasetSpec, DataValidationError, iter_conversations, mixture_order
 from .errors import run_cli
 from .packing import pack_best_fit, pack_best_fit_decreasing
@@ -636,11 +635,8 @@ def main(argv=None) -> int:
     Under ``accelerate launch`` the local main process of each node builds first; the others then load.
     Prints one line per process: rank, split, ``hit``/``built``, fingerprint, rows, cache folder.
     """
-    p = argparse.ArgumentParser(prog="python -m nanosft.prepare", description=main.__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="YAML config (configs/d20.yaml, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable)")
-    args = p.parse_args(argv)
+    parser = config_arg_parser("python -m nanosft.prepare", main.__doc__.split("\n")[0], "configs/d20.yaml, ...")
+    args = parser.parse_args(argv)
 
     cfg = build_config(dict(read_config_dict(args.config, args.overrides)), args.config)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",

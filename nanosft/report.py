@@ -15,9 +15,9 @@ read back from disk, so a report can be rebuilt for any run folder, also a crash
 
 Plots (matplotlib, Agg backend: no display needed): ``loss.png``, ``lr.png``, ``val_bpb.png`` (when
 logged), ``chatcore.png`` (when ChatCORE ran; the base model at step 0 when ``chatcore_base.json``
-exists); for RL runs ``reward.png`` and ``pass_at_k.png``. ChatCORE aggregates are named with their task set (``chatcore_metric/nanochat``); a partial set
-has none and the table says so. The before/after table gives a binomial noise scale per task,
-sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
+exists); for RL runs ``reward.png`` and ``pass_at_k.png``. ChatCORE aggregates are named with their task
+set (``chatcore_metric/nanochat``); a partial set has none and the table says so. The before/after table
+gives a binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
 Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
 """

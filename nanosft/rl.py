@@ -13,7 +13,6 @@ steps: ``pass@k`` and ``pass@k_unbiased`` for k = 1..``eval_num_samples``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -25,11 +24,11 @@ logger = logging.getLogger("nanosft.rl")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nanosft.rl", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="YAML config (configs/rl-tiny.yaml, configs/rl-d20.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable), e.g. --set max_steps=3")
-    return p.parse_args(argv)
+    from .config import config_arg_parser
+
+    parser = config_arg_parser("python -m nanosft.rl", __doc__.split("\n")[0],
+                               "configs/rl-tiny.yaml, configs/rl-d20.yaml")
+    return parser.parse_args(argv)
 
 
 def load_problems(cfg):

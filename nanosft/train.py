@@ -11,7 +11,6 @@ config, generation config with ``<|assistant_end|>`` as EOS, tokenizer with the 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -23,11 +22,11 @@ logger = logging.getLogger("nanosft.train")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nanosft.train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/d12.yaml, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable), e.g. --set max_steps=3")
-    return p.parse_args(argv)
+    from .config import config_arg_parser
+
+    parser = config_arg_parser("python -m nanosft.train", __doc__.split("\n")[0],
+                               "configs/tiny.yaml, configs/d12.yaml, ...")
+    return parser.parse_args(argv)
 
 
 def load_tokenizer(cfg):
