@@ -180,24 +180,30 @@ def test_fractional_epochs_are_a_seeded_reproducible_subset(tmp_path):
     assert len(users(0.001, seed=1)) == 1  # a positive weight keeps at least one row
 
 
+def write_table(tmp_path, kind: str, rows: list[dict]) -> str:
+    """``rows`` (alpaca dicts) written as ``a.json`` (an array), ``a.parquet`` or ``a.csv``; returns the path."""
+    path = str(tmp_path / f"a.{kind}")
+    if kind == "json":
+        return write_json(path, rows)
+    if kind == "parquet":
+        import datasets
+
+        datasets.Dataset.from_list(rows).to_parquet(path)
+        return path
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["instruction", "input", "output"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 @pytest.mark.parametrize("kind", ["json", "parquet", "csv", "glob", "list"])
 def test_file_types_globs_and_lists_load_the_same_conversations(nanochat_tokenizer, tmp_path, kind):
     alpaca = [{"instruction": q, "input": "" if i % 2 else "(context)", "output": a} for i, (q, a) in enumerate(QA)]
     want = [[{"role": "user", "content": r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")},
              {"role": "assistant", "content": r["output"]}] for r in alpaca]
-    if kind == "json":
-        path = write_json(tmp_path / "a.json", alpaca)
-    elif kind == "parquet":
-        import datasets
-
-        path = str(tmp_path / "a.parquet")
-        datasets.Dataset.from_list(alpaca).to_parquet(path)
-    elif kind == "csv":
-        path = str(tmp_path / "a.csv")
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, ["instruction", "input", "output"])
-            w.writeheader()
-            w.writerows(alpaca)
+    if kind in ("json", "parquet", "csv"):
+        path = write_table(tmp_path, kind, alpaca)
     else:
         for k in range(3):
             write_jsonl(tmp_path / f"part-{k}.jsonl", alpaca[2 * k: 2 * k + 2])
@@ -236,19 +242,8 @@ def test_csv_column_holding_json_messages(nanochat_tokenizer, tmp_path):
 def test_invalid_row_names_file_and_one_based_position(tmp_path, kind, where):
     rows = [{"instruction": q, "input": "", "output": a} for q, a in QA]
     rows[2]["output"] = ""
-    if kind == "json":
-        path = write_json(tmp_path / "a.json", rows)
-    elif kind == "parquet":
-        import datasets
-
-        path = str(tmp_path / "a.parquet")
-        datasets.Dataset.from_list(rows).to_parquet(path)
-    elif kind == "csv":
-        path = str(tmp_path / "a.csv")
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, ["instruction", "input", "output"])
-            w.writeheader()
-            w.writerows(rows)
+    if kind in ("json", "parquet", "csv"):
+        path = write_table(tmp_path, kind, rows)
     else:
         write_jsonl(tmp_path / "part-0.jsonl", rows[:2])
         write_jsonl(tmp_path / "part-1.jsonl", rows[2:])
