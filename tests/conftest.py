@@ -7,6 +7,7 @@ repository).
 """
 
 import os
+import socket
 import sys
 
 import pytest
@@ -21,6 +22,14 @@ NO_FULL_DATA = f"needs the full data folder, not found at {_FULL} (set NANOSFT_D
 needs_full_data = pytest.mark.skipif(FULL_DATA_DIR is None, reason=NO_FULL_DATA)
 
 sys.path.insert(0, REPO)
+
+
+def free_port() -> str:
+    """A TCP port free on localhost now (the OS picks it), for the rendezvous of a multi-process test: fixed
+    ports collide when two test runs share a machine (EADDRINUSE)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

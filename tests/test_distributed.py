@@ -18,6 +18,7 @@ import os
 import sys
 
 import pytest
+from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
 from ckpt_common import ENV, REPO, bin_path, tiny_overrides  # noqa: E402
@@ -62,7 +63,7 @@ def assert_close(got, ref):
 def test_ddp_two_processes_match_one_process(single, tmp_path, data_dir):
     out = tmp_path / "ddp"
     losses, _ = train([bin_path("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                       "--main_process_port", "29561"], out, data_dir, rows=2, use_cpu="true")
+                       "--main_process_port", free_port()], out, data_dir, rows=2, use_cpu="true")
     assert_close(losses, single)
     assert (out / f"checkpoint-{STEPS}" / "rng_state_1.pth").is_file()  # both ranks' RNG in the atomic save
 
@@ -71,7 +72,7 @@ def test_ddp_two_processes_match_one_process(single, tmp_path, data_dir):
 def test_deepspeed_zero_two_processes_match_one_process(single, tmp_path, data_dir, stage):
     out = tmp_path / f"zero{stage}"
     losses, proc = train([bin_path("accelerate"), "launch", "--config_file", f"accelerate_configs/zero{stage}.yaml",
-                          "--num_processes", "2", "--main_process_port", str(29570 + stage)], out, data_dir, rows=2,
+                          "--num_processes", "2", "--main_process_port", free_port()], out, data_dir, rows=2,
                          ddp_backend="gloo")
     assert_close(losses, single)
     ckpt = out / f"checkpoint-{STEPS}"

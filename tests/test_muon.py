@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, NanoChatConfig, NanoChatForCausalLM
 
@@ -332,7 +333,7 @@ def test_prepare_deepspeed_muon_tags_matrices_and_fixes_config():
 def test_ddp_two_processes_match_one_process(tmp_path):
     """torchrun, gloo: each rank orthogonalizes half the matrices; updates equal 1 process to 1e-5."""
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            os.path.join(REPO, "tests", "distributed", "muon_ddp_check.py"), str(tmp_path)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -344,7 +345,7 @@ def test_deepspeed_zero_1_2_3_two_processes_match_one_process():
     """deepspeed --num_gpus 2 on CPU: 5-step losses within 1e-4 of 1 process, muon_update counted."""
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
            "TORCH_COMPILE_DISABLE": "1"}  # DeepSpeed's muon_update is torch.compile'd: minutes of inductor on CPU
-    cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port", "29533",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port", free_port(),
            os.path.join(REPO, "tests", "distributed", "muon_ds_check.py")]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

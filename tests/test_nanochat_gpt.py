@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 import torch
 import torch.nn.functional as F
 
@@ -345,7 +346,7 @@ def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_di
 @pytest.mark.distributed  # ~1 min on 2 CPU cores
 def test_deepspeed_zero2_two_processes_assign_optimizer_kinds_by_name():
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "TORCH_COMPILE_DISABLE": "1"}
-    cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port", "29541",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port", free_port(),
            os.path.join(REPO, "tests", "distributed", "nanochat_gpt_ds_check.py")]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -379,6 +380,6 @@ def test_zero3_two_processes_train_like_one_process(tmp_path, data_dir):
 
     single = run(tmp_path / "single", ["--num_processes", "1"], rows=4)
     zero3 = run(tmp_path / "zero3", ["--config_file", "accelerate_configs/zero3.yaml", "--num_processes", "2",
-                                     "--main_process_port", "29593"], rows=2, ddp_backend="gloo")
+                                     "--main_process_port", free_port()], rows=2, ddp_backend="gloo")
     assert len(single) == len(zero3) == 2
     assert max(abs(a - b) for a, b in zip(single, zero3)) < 1e-4, (single, zero3)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 
 from nanosft.data import DatasetSpec, load_mixture, render_dataset, supervision_stats
 from nanosft.packing import pack_best_fit_decreasing, pack_dataset
@@ -174,7 +175,7 @@ def test_bfd_with_split_keeps_every_supervised_token(nanochat_tokenizer, data_di
 def test_two_processes_only_rank_zero_renders(data_dir, tmp_path):
     """accelerate launch (gloo, CPU): rank 0 builds under main_process_first, rank 1 memory-maps the result."""
     sets = tiny_overrides(data_dir, str(tmp_path / "out"), use_cpu="true")
-    cmd = [bin_path("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29581",
+    cmd = [bin_path("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", free_port(),
            "-m", "nanosft.prepare", "--config", "configs/tiny.yaml"] + sets
     proc = subprocess.run(cmd, cwd=REPO, env={**ENV, "TORCH_COMPILE_DISABLE": "1"}, capture_output=True, text=True,
                           timeout=600)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
@@ -216,7 +217,7 @@ def first_step(launch, out, data_dir, **extra):
 def test_two_processes_give_the_first_step_update_of_one(tmp_path, data_dir):
     acc = bin_path("accelerate")
     one = first_step([acc, "launch", "--num_processes", "1"], tmp_path / "one", data_dir)
-    two = first_step([acc, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29571"],
+    two = first_step([acc, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()],
                      tmp_path / "two", data_dir, use_cpu="true")
     assert one["world"] == 1 and two["world"] == 2
     assert one["problems"] == two["problems"]  # the same 4 problems in the step, rank r every 2nd

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 
 from nanosft import train
 from nanosft.data import DatasetSpec, load_mixture
@@ -293,7 +294,7 @@ def test_two_process_cpu_launch_is_made_distributed(make_config):
         pytest.skip("the automatic use_cpu fix applies only where no accelerator exists")
     config, out = make_config(rows=[GOOD, "{oops"])
     cmd = [sys.executable, "-m", "nanosft.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
            "-m", "nanosft.train", "--config", config]
     code, err = run(cmd)
     check_one_line(code, err, out, "data.jsonl[train], line 2", "invalid JSON")
