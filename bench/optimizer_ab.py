@@ -1,0 +1,97 @@
+"""The optimizer A/B table on a real model: ChatCORE per task before/after, val bpb, and the noise of each change.
+
+Reads the JSON files ``nanosft.eval`` / ``nanosft.baseline`` wrote for each arm (``<evals>/<arm>-arc.json``,
+``-mmlu.json``, ``-gen.json``: the same problems for every arm) and each run's final validation bits per byte
+(``<run>/trainer_state.json``), and prints a markdown table:
+
+- per task: accuracy, and for a fine-tuned arm its change against the base with +- one binomial standard error
+  of the difference, sqrt(p1 (1 - p1) / n1 + p0 (1 - p0) / n0) (two independent binomial proportions; the
+  problems are the same, so this overstates the noise of a paired comparison slightly);
+- ChatCORE over the tasks present: the mean centered score (acc - chance) / (1 - chance) of
+  nanochat/scripts/chat_eval.py, here over ARC-Easy, ARC-Challenge, MMLU, GSM8K, SpellingBee, HumanEval.
+
+Usage (the commands that produce the inputs are in README.md, "A real pretrained model on CPU"):
+
+    python bench/optimizer_ab.py --evals /work/runs/evals base muon=/work/runs/smollm2-muon \\
+        adamw=/work/runs/smollm2-adamw lora=/work/runs/smollm2-lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nanosft.chatcore import centered_score  # noqa: E402
+
+TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "SpellingBee", "HumanEval")
+PARTS = ("arc", "mmlu", "gen")
+
+
+def load_arm(evals: str, arm: str) -> dict[str, dict]:
+    """task name -> {"correct", "total", "accuracy"} from the arm's eval files (missing parts are skipped)."""
+    tasks = {}
+    for part in PARTS:
+        path = os.path.join(evals, f"{arm}-{part}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                tasks.update(json.load(f)["tasks"])
+    return tasks
+
+
+def final_val_bpb(run_dir: str | None) -> float | None:
+    """The last validation bits per byte (a key ending in ``bpb``) in ``<run_dir>/trainer_state.json``, or None."""
+    path = run_dir and os.path.join(run_dir, "trainer_state.json")
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        history = json.load(f)["log_history"]
+    values = [v for h in history for k, v in h.items() if k.endswith("bpb")]
+    return values[-1] if values else None
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of a proportion p measured on n independent problems."""
+    return math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--evals", required=True, help="folder of <arm>-{arc,mmlu,gen}.json")
+    p.add_argument("arms", nargs="+", help="'base' first, then name=run_dir for each fine-tuned arm")
+    args = p.parse_args(argv)
+    arms = [(a.split("=", 1) + [None])[:2] for a in args.arms]
+    base = load_arm(args.evals, arms[0][0])
+    header = ["arm", "val bpb"] + [f"{t} (n)" for t in TASKS if t in base] + ["ChatCORE"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, run_dir in arms:
+        tasks = load_arm(args.evals, name)
+        bpb = final_val_bpb(run_dir)
+        cells = [name, f"{bpb:.4f}" if bpb is not None else "-"]
+        centered = []
+        for t in TASKS:
+            if t not in base:
+                continue
+            r = tasks.get(t)
+            if r is None:
+                cells.append("-")
+                continue
+            acc, n = r["accuracy"], r["total"]
+            centered.append(centered_score(t, acc))
+            cell = f"{acc:.3f} ({n})"
+            if name != arms[0][0]:
+                b = base[t]
+                se = math.hypot(binomial_se(acc, n), binomial_se(b["accuracy"], b["total"]))
+                cell += f" {acc - b['accuracy']:+.3f}+-{se:.3f}"
+            cells.append(cell)
+        cells.append(f"{sum(centered) / len(centered):.4f}" if len(centered) == len(header) - 3 else "-")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
