@@ -24,10 +24,9 @@ import torch
 from transformers import TrainerCallback
 
 from . import chatcore
+from .packing import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def token_bytes(tokenizer, vocab_size: int | None = None) -> torch.LongTensor:

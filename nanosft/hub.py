@@ -10,8 +10,8 @@ LRs, schedule, batch), the ChatCORE table and validation bpb, and how to load an
 The token: a ``hub_token`` given in the config would be pickled into every ``training_args.bin``
 (``torch.save(self.args)``) and copied into the run records. ``hide_token`` moves it to the
 ``HF_TOKEN`` environment variable of this process before the Trainer is built - ``huggingface_hub``
-reads it from there for every call - and clears it from the arguments; records redact ``*_token``
-keys (``nanosft.checkpoint.redact``). Trade-off: child processes of the run inherit ``HF_TOKEN``.
+reads it from there for every call - and clears it from the arguments; records redact secrets
+(``nanosft.checkpoint.is_secret``). Trade-off: child processes of the run inherit ``HF_TOKEN``.
 """
 
 from __future__ import annotations

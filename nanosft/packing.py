@@ -32,7 +32,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # target the loss skips: torch.nn.functional.cross_entropy's default ignore_index
 
 
 def pack_best_fit(lengths: list[int], capacity: int, buffer_size: int = 100) -> list[list[int]]:
