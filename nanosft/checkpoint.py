@@ -314,21 +314,26 @@ def follow_umask(folder: str, suffix: str) -> None:
             os.chmod(path, mode)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON (``default=str``) via a temp file in the same folder and
-    ``os.replace``, so a reader never sees half a file; the temp file is removed on any error.
-    The file gets the permissions of an ordinary new file (0666 less the umask), not ``mkstemp``'s 0600."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and ``os.replace``, so a
+    reader never sees half a file; the temp file is removed on any error. The file gets the permissions
+    of an ordinary new file (0666 less the umask), not ``mkstemp``'s 0600."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(path)))
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """``write_text_atomic`` of ``obj`` as indented JSON (``default=str``)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def write_record(folder: str, record: dict) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .checkpoint import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 def hide_token(args) -> None:
@@ -201,9 +203,8 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
 
 
 def write_model_card(folder: str, trainer, model_name: str | None = None, tags: list | None = None) -> str:
-    """Write ``build_model_card`` to ``<folder>/README.md``; returns the path."""
+    """Write ``build_model_card`` to ``<folder>/README.md`` (``write_text_atomic``); returns the path."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "README.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(build_model_card(trainer, model_name=model_name, tags=tags))
+    write_text_atomic(path, build_model_card(trainer, model_name=model_name, tags=tags))
     return path

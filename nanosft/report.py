@@ -32,6 +32,8 @@ import os
 import re
 import statistics
 
+from .checkpoint import write_text_atomic
+
 CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "max_length",
                "per_device_train_batch_size", "gradient_accumulation_steps", "total_batch_size", "max_steps",
                "num_train_epochs", "optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr",
@@ -322,10 +324,7 @@ def write_report(run_dir: str) -> str:
     """Write ``<run_dir>/report.md`` (and the PNGs it links); returns its path."""
     text, _ = build_report(run_dir)
     path = os.path.join(run_dir, "report.md")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path
 
 

@@ -112,3 +112,27 @@ def test_cli_rebuilds_the_report(run_dir):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "report.md").is_file() and proc.stdout.strip().endswith("report.md")
+
+
+def test_report_and_model_card_replace_their_file_atomically(tmp_path, monkeypatch):
+    """Both go through checkpoint.write_text_atomic: a temp file in the same folder, then os.replace."""
+    from nanosft import checkpoint, hub
+
+    (tmp_path / "README.md").write_text("old card")
+    replaced, real_replace = [], os.replace
+    monkeypatch.setattr(checkpoint.os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
+    monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# new card")
+    paths = [write_report(str(tmp_path)), hub.write_model_card(str(tmp_path), trainer=None)]
+    assert [dst for _, dst in replaced] == paths
+    assert [os.path.dirname(src) for src, _ in replaced] == [str(tmp_path)] * 2
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "report.md"]  # no temp file left
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", fail)
+    monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# half")
+    with pytest.raises(OSError, match="disk full"):
+        hub.write_model_card(str(tmp_path), trainer=None)
+    assert (tmp_path / "README.md").read_text() == "# new card"  # the old card stays whole
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "report.md"]
