@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .checkpoint import write_text_atomic
+from .checkpoint import chatcore_results, write_text_atomic
+from .report import chatcore_table
 
 logger = logging.getLogger(__name__)
 
@@ -47,38 +48,6 @@ def _mixture_rows(datasets: list | None) -> list[str]:
         extra = ", ".join(f"{k}={d[k]}" for k in ("subset", "max_rows", "size", "hub_id", "path", "format") if d.get(k) is not None)
         rows.append(f"| {d.get('name')} | {d.get('split', 'train')} | {d.get('epochs', 1)} | {extra or '-'} |")
     return rows
-
-
-def chatcore_table(metrics: dict) -> list[str]:
-    """Markdown lines of the ChatCORE table from record metrics (``chatcore/<task>``, ``chatcore_metric/<set>``).
-
-    The aggregate rows name their task set (``nanosft6``: six tasks, ``nanochat``: nanochat's five); a
-    partial run has per-task rows only, and says so.
-
-    Each task row gives the accuracy and the centered score (acc - baseline) / (1 - baseline), with
-    baseline 0.25 for ARC/MMLU and 0 for generative tasks (nanochat). Empty list if no ChatCORE ran.
-    """
-    from . import chatcore
-    from .checkpoint import chatcore_results
-
-    tasks = chatcore_results(metrics)
-    if not tasks:
-        return []
-    lines = ["| task | accuracy | centered |", "|---|---|---|"]
-    for name, acc in sorted(tasks.items()):
-        centered = chatcore.centered_score(name, acc) if name in chatcore.TASKS else acc  # baseline 0
-        lines.append(f"| {name} | {acc:.4f} | {centered:.4f} |")
-    aggregates = {}
-    for key, value in metrics.items():
-        parsed = chatcore.split_metric_key(key)
-        if parsed is not None and value is not None:
-            base, task_set = parsed
-            aggregates[f"{base} ({task_set or 'task set not recorded'})"] = value
-    for key, value in sorted(aggregates.items()):
-        lines.append(f"| **{key}** | | **{value:.4f}** |")
-    if not aggregates:
-        lines.append("| partial task set: no ChatCORE | | |")
-    return lines
 
 
 def build_model_card(trainer, model_name: str | None = None, tags: list | None = None) -> str:
@@ -167,7 +136,8 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         "## Evaluation",
         "",
     ]
-    table = chatcore_table(metrics)
+    tasks = {name: (acc, None) for name, acc in sorted(chatcore_results(metrics).items())}
+    table = chatcore_table({}, {**metrics, "tasks": tasks}, layout="card")  # accuracy and centered score
     body += table or ["ChatCORE has not been run for this checkpoint (`chatcore_every`)."]
     body.append("")
     for key in ("val_bpb", "eval_val_bpb", "eval_bpb", "eval_loss"):

@@ -107,48 +107,69 @@ def chatcore_from_log(log_history: list[dict]) -> dict:
     return {}
 
 
-def _cap(task: str, config: dict) -> int | None:
-    from .chatcore import TASKS, task_cap
+# ChatCORE table layouts: (header lines, task row, aggregate row, partial row) as ``str.format`` templates.
+TABLE_LAYOUTS = {
+    "report": (["| task | n | before | after | change | noise (1 sigma) |", "|---|---|---|---|---|---|"],
+               "| {task} | {n} | {before} | {after} | {change} | {noise} |",
+               "| **{key}** (centered) | | {before} | {after} | {change} | |",
+               "| partial: {partial}, no ChatCORE | | | | | |"),
+    "card": (["| task | accuracy | centered |", "|---|---|---|"], "| {task} | {after} | {centered} |",
+             "| **{base} ({task_set})** | | **{after}** |", "| partial task set: no ChatCORE | | |"),
+    "text": ([f"{'task':<14} {'kind':<12} {'correct':>10} {'accuracy':>9} {'centered':>9}"],
+             "{task:<14} {kind:<12} {correct:>5}/{n:<4} {after:>9} {centered:>9}",
+             "{base:<14} {task_set:<12} {blank:>10} {blank:>9} {after:>9}", "partial: {partial}; no ChatCORE"),
+}
 
-    if task not in TASKS:  # a task this version does not know: the generative cap, as before
-        return config.get("chatcore_max_generative")
-    return task_cap(task, config.get("chatcore_max_categorical"), config.get("chatcore_max_generative"))
 
+def chatcore_table(before: dict, after: dict, config: dict | None = None, layout: str = "report") -> list[str]:
+    """The ChatCORE table: the one builder of the run report's, the model card's and ``nanosft.eval``'s.
 
-def chatcore_table(before: dict, after: dict, config: dict | None = None) -> list[str]:
-    """Markdown rows: task, n, accuracy before/after, change, noise (binomial sigma of the change).
+    Args:
+        before, after: the base and the trained model's ChatCORE as ``chatcore_from_results`` /
+            ``chatcore_from_log`` give it (``{}``: not run); aggregates are keys ``chatcore_metric/<set>``.
+        config: the run config; its caps (``chatcore.task_cap``) give n when the results do not.
+        layout: a ``TABLE_LAYOUTS`` key. "report": n, accuracy before/after, change and its noise, the
+            binomial sigma sqrt((b (1 - b) + a (1 - a)) / n); "card": accuracy and centered score
+            (``chatcore.centered_score``; baseline 0 for a task this version does not know); "text": fixed
+            width, kind, correct/total, accuracy, centered score.
 
-    n comes from the result files (``total``), else from the config's caps. Empty when neither side ran.
+    Returns:
+        The lines: header, a row per task, a row per aggregate, and a "partial" row when no side has a
+        ``chatcore_metric`` and the tasks do not cover their set. Empty when neither side ran.
     """
+    from .chatcore import TASK_SETS, TASKS, centered_score, split_metric_key, task_cap
+
     config = config or {}
+    head, task_row, aggregate_row, partial_row = TABLE_LAYOUTS[layout]
     tasks = list(dict.fromkeys([*after.get("tasks", {}), *before.get("tasks", {})]))
     if not tasks:
         return []
-    lines = ["| task | n | before | after | change | noise (1 sigma) |", "|---|---|---|---|---|---|"]
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"
+    change = lambda a, b: "-" if a is None or b is None else f"{a - b:+.4f}"
+    lines = list(head)
     for t in tasks:
         b, nb = before.get("tasks", {}).get(t, (None, None))
         a, na = after.get("tasks", {}).get(t, (None, None))
-        n = na or nb or _cap(t, config)
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"
-        change = noise = "-"
-        if a is not None and b is not None:
-            change = f"{a - b:+.4f}"
-            if n:
-                noise = f"{math.sqrt((b * (1 - b) + a * (1 - a)) / n):.4f}"
-        lines.append(f"| {t} | {n or '-'} | {fmt(b)} | {fmt(a)} | {change} | {noise} |")
-    from .chatcore import TASK_SETS, split_metric_key
-
+        known = t in TASKS  # else: the generative cap and baseline 0, as for a generative task
+        n = na or nb or (task_cap(t, config.get("chatcore_max_categorical"), config.get("chatcore_max_generative"))
+                         if known else config.get("chatcore_max_generative"))
+        noise = math.sqrt((b * (1 - b) + a * (1 - a)) / n) if a is not None and b is not None and n else None
+        lines.append(task_row.format(
+            task=t, n=n or "-", kind=TASKS[t].kind if known else "-", correct=round(a * n) if a is not None and n else "-",
+            before=fmt(b), after=fmt(a), change=change(a, b), noise=fmt(noise),
+            centered=fmt(centered_score(t, a) if known and a is not None else a)))
     aggregates = [k for k in dict.fromkeys([*after, *before]) if split_metric_key(k) is not None]
     for key in sorted(aggregates, key=lambda k: (split_metric_key(k)[1] or "", k)):
         b, a = before.get(key), after.get(key)
         if a is not None or b is not None:
-            change = f"{a - b:+.4f}" if a is not None and b is not None else "-"
-            lines.append(f"| **{key}** (centered) | | {'-' if b is None else f'{b:.4f}'} | "
-                         f"{'-' if a is None else f'{a:.4f}'} | {change} | |")
+            base, task_set = split_metric_key(key)
+            lines.append(aggregate_row.format(key=key, base=base, task_set=task_set or "task set not recorded",
+                                              before=fmt(b), after=fmt(a), change=change(a, b), blank=""))
     task_set = after.get("task_set") or before.get("task_set")
-    if not aggregates and task_set in TASK_SETS and not set(TASK_SETS[task_set]) <= set(tasks):
-        lines.append(f"| partial: {len(tasks)} of the {len(TASK_SETS[task_set])} tasks of set {task_set}, "
-                     "no ChatCORE | | | | | |")
+    members = TASK_SETS.get(task_set, ())
+    if "chatcore_metric" not in {split_metric_key(k)[0] for k in aggregates} and not (members and set(members) <= set(tasks)):
+        partial = f"{len(tasks)} of the {len(members)} tasks of set {task_set}" if members else "task set not recorded"
+        lines.append(partial_row.format(partial=partial))
     return lines
 
 

@@ -96,6 +96,24 @@ def test_chatcore_table_uses_the_config_caps_when_no_counts_are_known():
     assert chatcore_table({}, {}) == []
 
 
+def test_eval_card_and_report_tables_show_the_same_rows():
+    from nanosft.eval import format_table
+    from nanosft.report import chatcore_from_results
+
+    results = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 40, "total": 100, "kind": "categorical", "baseline": 0.25},
+                         "GSM8K": {"accuracy": 0.05, "correct": 5, "total": 100, "kind": "generative", "baseline": 0.0}},
+               "task_set": "nanochat", "complete": False}
+    text = format_table(results).splitlines()
+    card = chatcore_table({}, chatcore_from_results(results), layout="card")
+    report = chatcore_table({}, chatcore_from_results(results))
+    assert text[1].split() == ["ARC-Easy", "categorical", "40/100", "0.4000", "0.2000"]  # (0.4 - 0.25) / 0.75
+    assert card[2:4] == ["| ARC-Easy | 0.4000 | 0.2000 |", "| GSM8K | 0.0500 | 0.0500 |"]
+    assert report[2:4] == ["| ARC-Easy | 100 | - | 0.4000 | - | - |", "| GSM8K | 100 | - | 0.0500 | - | - |"]
+    assert text[-1] == "partial: 2 of the 5 tasks of set nanochat; no ChatCORE"
+    assert card[-1] == "| partial task set: no ChatCORE | | |"
+    assert report[-1] == "| partial: 2 of the 5 tasks of set nanochat, no ChatCORE | | | | | |"
+
+
 def test_log_history_falls_back_to_the_newest_checkpoint(tmp_path):
     for step, loss in ((5, 2.0), (10, 1.0)):
         (tmp_path / f"checkpoint-{step}").mkdir()
