@@ -285,7 +285,7 @@ def chatcore_metrics(accuracies: dict[str, float], task_set: str = DEFAULT_TASK_
 
 
 def renderer_for(tokenizer) -> ChatRenderer:
-    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the backend: ~0.5 s).
+    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the tokenizer's backend).
 
     Kept as an attribute of the tokenizer, so it is freed with it (the renderer refers to its tokenizer,
     so a module-level cache, even a ``WeakKeyDictionary``, would keep every tokenizer alive)."""
@@ -299,7 +299,7 @@ def letter_token_ids(tokenizer, letters, encoder=None) -> list[int]:
     """Token id of each bare letter, encoded ordinarily (nanochat tokenizer: A..D are 65..68).
 
     Args:
-        encoder: an ``ordinary_encoder(tokenizer)`` to reuse (building one takes ~0.4 s).
+        encoder: an ``ordinary_encoder(tokenizer)`` to reuse (building one copies the backend).
 
     Raises:
         ValueError: a letter is not a single token.

@@ -1,7 +1,7 @@
 """ChatCORE from the command line (nanochat/scripts/chat_eval.py, for any HF checkpoint).
 
     python -m nanosft.eval --model out/checkpoint-500 --tasks ARC-Easy,GSM8K --max-problems 100 \\
-        --data-dir ../shared/data
+        --data-dir pkg://nanosft/resources/data
 
 Loads the checkpoint with ``AutoModelForCausalLM``/``AutoTokenizer`` (the tokenizer must hold the
 nanochat special tokens: nanosft checkpoints do), evaluates each task with a progress bar, prints a

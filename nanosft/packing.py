@@ -8,7 +8,7 @@ render time, counted and logged). inputs = row[:-1], targets = row[1:].
 
 Trade-off in numbers (``bench/packing.py``, real mix, nanochat tokenizer): best-fit keeps >= 99.5% of
 slots real at T=2048, against ~40-60% for pad-to-longest; TRL's ``bfd`` packs tighter but crops long
-conversations (it dropped 2.3% of supervised tokens at T=512, see hf-integration.md).
+conversations (it dropped 2.3% of supervised tokens at T=512, ``bench/packing.py``).
 
 HF integration: the packing *plan* is computed once, deterministically (``pack_best_fit``), and the
 packed rows become a map-style ``datasets.Dataset``. The Trainer's own sampler and accelerate's

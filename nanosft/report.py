@@ -19,7 +19,7 @@ exists); for RL runs ``reward.png`` and ``pass_at_k.png``. ChatCORE aggregates a
 set (``chatcore_metric/nanochat``); a partial set has none and the table says so. The before/after table
 gives a binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
-Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
+Trade-off: matplotlib import + 4 PNGs cost a second or two per run; plots are small (6 x 3.5 in, 100 dpi).
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def chatcore_table(before: dict, after: dict, config: dict | None = None, layout
                          if known else config.get("chatcore_max_generative"))
         noise = math.sqrt((b * (1 - b) + a * (1 - a)) / n) if a is not None and b is not None and n else None
         lines.append(task_row.format(
-            task=t, n=n or "-", kind=TASKS[t].kind if known else "-", correct=round(a * n) if a is not None and n else "-",
-            before=fmt(b), after=fmt(a), change=change(a, b), noise=fmt(noise),
+            task=t, n=n or "-", kind=TASKS[t].kind if known else "-", before=fmt(b),
+            correct=round(a * n) if a is not None and n else "-", after=fmt(a), change=change(a, b), noise=fmt(noise),
             centered=fmt(centered_score(t, a) if known and a is not None else a)))
     aggregates = [k for k in dict.fromkeys([*after, *before]) if split_metric_key(k) is not None]
     for key in sorted(aggregates, key=lambda k: (split_metric_key(k)[1] or "", k)):
@@ -167,7 +167,8 @@ def chatcore_table(before: dict, after: dict, config: dict | None = None, layout
                                               before=fmt(b), after=fmt(a), change=change(a, b), blank=""))
     task_set = after.get("task_set") or before.get("task_set")
     members = TASK_SETS.get(task_set, ())
-    if "chatcore_metric" not in {split_metric_key(k)[0] for k in aggregates} and not (members and set(members) <= set(tasks)):
+    has_metric = "chatcore_metric" in {split_metric_key(k)[0] for k in aggregates}
+    if not has_metric and not (members and set(members) <= set(tasks)):
         partial = f"{len(tasks)} of the {len(members)} tasks of set {task_set}" if members else "task set not recorded"
         lines.append(partial_row.format(partial=partial))
     return lines

@@ -100,8 +100,10 @@ def test_eval_card_and_report_tables_show_the_same_rows():
     from nanosft.eval import format_table
     from nanosft.report import chatcore_from_results
 
-    results = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 40, "total": 100, "kind": "categorical", "baseline": 0.25},
-                         "GSM8K": {"accuracy": 0.05, "correct": 5, "total": 100, "kind": "generative", "baseline": 0.0}},
+    results = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 40, "total": 100, "kind": "categorical",
+                                      "baseline": 0.25},
+                         "GSM8K": {"accuracy": 0.05, "correct": 5, "total": 100, "kind": "generative",
+                                   "baseline": 0.0}},
                "task_set": "nanochat", "complete": False}
     text = format_table(results).splitlines()
     card = chatcore_table({}, chatcore_from_results(results), layout="card")
@@ -138,7 +140,8 @@ def test_report_and_model_card_replace_their_file_atomically(tmp_path, monkeypat
 
     (tmp_path / "README.md").write_text("old card")
     replaced, real_replace = [], os.replace
-    monkeypatch.setattr(checkpoint.os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
+    monkeypatch.setattr(checkpoint.os, "replace",
+                        lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
     monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# new card")
     paths = [write_report(str(tmp_path)), hub.write_model_card(str(tmp_path), trainer=None)]
     assert [dst for _, dst in replaced] == paths
