@@ -343,10 +343,14 @@ def write_record(folder: str, record: dict) -> str:
     return path
 
 
-def read_record(folder: str) -> dict | None:
-    """The record of a checkpoint folder, or None if it has none (e.g. written by a stock Trainer)."""
-    path = os.path.join(folder, RECORD_NAME)
+def read_json(path: str):
+    """The JSON value in the file ``path``, or None when there is no such file."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_record(folder: str) -> dict | None:
+    """The record of a checkpoint folder, or None if it has none (e.g. written by a stock Trainer)."""
+    return read_json(os.path.join(folder, RECORD_NAME))

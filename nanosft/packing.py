@@ -35,6 +35,16 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # target the loss skips: torch.nn.functional.cross_entropy's default ignore_index
 
 
+def _check_lengths(lengths: list[int], capacity: int) -> None:
+    """Raise ValueError naming the first conversation that is empty or longer than a row."""
+    for i, n in enumerate(lengths):
+        if n > capacity or n < 1:
+            raise ValueError(
+                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
+                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
+            )
+
+
 def pack_best_fit(lengths: list[int], capacity: int, buffer_size: int = 100) -> list[list[int]]:
     """Plan BOS-aligned best-fit rows over a stream of conversations.
 
@@ -50,12 +60,7 @@ def pack_best_fit(lengths: list[int], capacity: int, buffer_size: int = 100) -> 
     Raises:
         ValueError: a conversation is longer than ``capacity`` (truncate at render time) or empty.
     """
-    for i, n in enumerate(lengths):
-        if n > capacity or n < 1:
-            raise ValueError(
-                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
-                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
-            )
+    _check_lengths(lengths, capacity)
     buffer: list[tuple[int, int]] = []  # sorted (length, -stream_index)
     stream = iter(range(len(lengths)))
     exhausted = False
@@ -220,12 +225,7 @@ def pack_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int
     Raises:
         ValueError: a conversation is longer than ``capacity`` or empty.
     """
-    for i, n in enumerate(lengths):
-        if n > capacity or n < 1:
-            raise ValueError(
-                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
-                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
-            )
+    _check_lengths(lengths, capacity)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep stream order
     rows: list[list[int]] = []
     rooms: list[int] = []  # sorted distinct room values that have at least one open row

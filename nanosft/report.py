@@ -32,7 +32,7 @@ import os
 import re
 import statistics
 
-from .checkpoint import write_text_atomic
+from .checkpoint import read_json, write_text_atomic
 
 CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "max_length",
                "per_device_train_batch_size", "gradient_accumulation_steps", "total_batch_size", "max_steps",
@@ -45,22 +45,15 @@ CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "
                "device_batch_size", "use_tool", "eval_every", "eval_examples", "eval_num_samples")
 
 
-def _read_json(path: str):
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def load_log_history(run_dir: str) -> list[dict]:
     """``log_history`` from ``metrics.json``, else from the newest checkpoint's ``trainer_state.json``; [] if none."""
-    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    metrics = read_json(os.path.join(run_dir, "metrics.json"))
     if metrics and metrics.get("log_history"):
         return metrics["log_history"]
     states = glob.glob(os.path.join(run_dir, "checkpoint-*", "trainer_state.json"))
     steps = [(int(m.group(1)), p) for p in states if (m := re.search(r"checkpoint-(\d+)", p))]
     if steps:
-        return (_read_json(max(steps)[1]) or {}).get("log_history", [])
+        return (read_json(max(steps)[1]) or {}).get("log_history", [])
     return []
 
 
@@ -305,11 +298,11 @@ def config_table(run_config: dict | None) -> list[str]:
 def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     """Read the run folder, draw the plots; returns (markdown text, {plot name: file})."""
     log_history = load_log_history(run_dir)
-    metrics = _read_json(os.path.join(run_dir, "metrics.json")) or {}
-    run_config = _read_json(os.path.join(run_dir, "run_config.json"))
-    stats = _read_json(os.path.join(run_dir, "data_stats.json"))
-    before = chatcore_from_results(_read_json(os.path.join(run_dir, "chatcore_base.json")))
-    after = chatcore_from_results(_read_json(os.path.join(run_dir, "chatcore.json"))) or chatcore_from_log(log_history)
+    metrics = read_json(os.path.join(run_dir, "metrics.json")) or {}
+    run_config = read_json(os.path.join(run_dir, "run_config.json"))
+    stats = read_json(os.path.join(run_dir, "data_stats.json"))
+    before = chatcore_from_results(read_json(os.path.join(run_dir, "chatcore_base.json")))
+    after = chatcore_from_results(read_json(os.path.join(run_dir, "chatcore.json"))) or chatcore_from_log(log_history)
     plots = make_plots(run_dir, log_history, before)
     name = os.path.basename(os.path.abspath(run_dir))
     md = [f"# Run report: {name}", ""]
@@ -331,7 +324,7 @@ def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     table = chatcore_table(before, after, (run_config or {}).get("config", {}))
     md += ["## ChatCORE", ""]
     if table:
-        src = "`chatcore.json`" if _read_json(os.path.join(run_dir, "chatcore.json")) else f"step {after.get('step', '-')}"
+        src = "`chatcore.json`" if read_json(os.path.join(run_dir, "chatcore.json")) else f"step {after.get('step', '-')}"
         head = f"After: the final model ({src})."
         if before:
             head = (f"Before: the base model (`chatcore_base.json`, same problems). {head} "
