@@ -32,7 +32,7 @@ import os
 import re
 import statistics
 
-from .checkpoint import read_json, write_text_atomic
+from .checkpoint import read_json, redact, redact_overrides, write_text_atomic
 
 CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "max_length",
                "per_device_train_batch_size", "gradient_accumulation_steps", "total_batch_size", "max_steps",
@@ -270,7 +270,7 @@ def data_table(stats: dict | None) -> list[str]:
 
 
 def config_table(run_config: dict | None) -> list[str]:
-    """Markdown rows of the key config values (the YAML as run, overrides applied) and versions."""
+    """Markdown rows of the key config values (the YAML as run, overrides applied; secrets redacted) and versions."""
     if not run_config:
         return []
     cfg = run_config.get("config", {})
@@ -286,9 +286,9 @@ def config_table(run_config: dict | None) -> list[str]:
         elif resolved.get(key) is not None:
             lines.append(f"| {key} | `{json.dumps(resolved[key])}` | default |")
     if cfg.get("datasets"):
-        lines.append(f"| datasets | `{json.dumps(cfg['datasets'])}` | config |")
+        lines.append(f"| datasets | `{json.dumps(redact(cfg['datasets']))}` | config |")
     if run_config.get("overrides"):
-        lines.append(f"| overrides | `{' '.join(run_config['overrides'])}` | command line |")
+        lines.append(f"| overrides | `{' '.join(redact_overrides(run_config['overrides']))}` | command line |")
     versions = run_config.get("versions") or {}
     if versions:
         lines.append("| versions | " + ", ".join(f"{k} {v}" for k, v in versions.items()) + " | |")
