@@ -10,8 +10,8 @@ seeded problem subsets are scored before and after. Writes ``<output_dir>/chatco
 ``nanosft.eval`` format), which ``nanosft.report`` shows as "before" and as step 0 of ``chatcore.png``.
 
 Why a separate command rather than an evaluation at step 0 inside the run: ``ChatCoreCallback`` evaluates
-at steps > 0 only, and ``nanosft.eval`` takes one cap for all tasks. Cost: one extra model load (~40 s for
-the SmolLM2 GGUF on 2 cores) plus one ChatCORE pass.
+at steps > 0 only, and ``nanosft.eval`` takes one cap for all tasks. Cost: one extra model load (slowest
+for a GGUF, which is dequantized) plus one ChatCORE pass.
 """
 
 from __future__ import annotations

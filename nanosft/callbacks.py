@@ -1,7 +1,7 @@
 """Evaluation during training as Trainer callbacks: ChatCORE and validation bits per byte.
 
 How the metrics reach every ``report_to`` integration: a callback gets no trainer, and must not call
-``SFTTrainer.log`` from ``on_step_end`` (it drains TRL's per-mode metric buffers, hf-integration.md).
+``SFTTrainer.log`` from ``on_step_end`` (it drains TRL's per-mode metric buffers, trl/trainer/sft_trainer.py ``log``).
 So both callbacks compute in ``on_step_end``, stash the result and set ``control.should_log``; the
 Trainer then logs the step (``Trainer.log`` -> ``callback_handler.on_log(logs)``), and in ``on_log``
 the callback adds its metrics to that very ``logs`` dict and to the ``state.log_history`` entry.
@@ -10,7 +10,7 @@ callback runs before them: ``attach(trainer)`` moves it to the front of the trai
 Without ``attach`` (``Trainer(callbacks=[cb])`` appends after the integrations) the metrics still
 land in ``log_history`` and in callbacks added after it, and a warning says to call ``attach``.
 
-Costs (2-core CPU, tiny model): ChatCORE at nanochat's SFT caps is dominated by generation
+Costs (tiny model on CPU): ChatCORE at nanochat's SFT caps is dominated by generation
 (24 problems x up to 512 tokens per generative task); bits per byte is one forward pass per batch.
 """
 
@@ -24,10 +24,9 @@ import torch
 from transformers import TrainerCallback
 
 from . import chatcore
+from .packing import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def token_bytes(tokenizer, vocab_size: int | None = None) -> torch.LongTensor:

@@ -284,23 +284,22 @@ def chatcore_metrics(accuracies: dict[str, float], task_set: str = DEFAULT_TASK_
     return out
 
 
-_RENDERERS: dict[int, tuple] = {}
-
-
 def renderer_for(tokenizer) -> ChatRenderer:
-    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the backend: ~0.5 s).
+    """A ``ChatRenderer`` per tokenizer object, built once (building one copies the tokenizer's backend).
 
-    Keyed by ``id``; the entry holds the tokenizer too, so the id cannot be reused while cached."""
-    if id(tokenizer) not in _RENDERERS:
-        _RENDERERS[id(tokenizer)] = (tokenizer, ChatRenderer(tokenizer))
-    return _RENDERERS[id(tokenizer)][1]
+    Kept as an attribute of the tokenizer, so it is freed with it (the renderer refers to its tokenizer,
+    so a module-level cache, even a ``WeakKeyDictionary``, would keep every tokenizer alive)."""
+    renderer = getattr(tokenizer, "_nanosft_renderer", None)
+    if renderer is None:
+        renderer = tokenizer._nanosft_renderer = ChatRenderer(tokenizer)
+    return renderer
 
 
 def letter_token_ids(tokenizer, letters, encoder=None) -> list[int]:
     """Token id of each bare letter, encoded ordinarily (nanochat tokenizer: A..D are 65..68).
 
     Args:
-        encoder: an ``ordinary_encoder(tokenizer)`` to reuse (building one takes ~0.4 s).
+        encoder: an ``ordinary_encoder(tokenizer)`` to reuse (building one copies the backend).
 
     Raises:
         ValueError: a letter is not a single token.

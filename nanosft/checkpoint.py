@@ -14,8 +14,8 @@ Trade-off: one extra directory rename per save (microseconds) and, for a kill du
 partial ``tmp-checkpoint-*`` stays on disk until the next save of that run removes it. A multi-node
 run needs ``output_dir`` on a shared filesystem (or ``save_on_each_node: true``), as for the Trainer.
 
-The record (``nanosft_state.json``): the resolved config (the YAML dict after ``--set``; token-like
-keys redacted), global step, epoch, tokens seen (real input and supervised, cumulative across
+The record (``nanosft_state.json``): the resolved config (the YAML dict after ``--set``; secrets
+redacted), global step, epoch, tokens seen (real input and supervised, cumulative across
 resumes), the latest validation bpb / eval loss / ChatCORE metrics found in the log history, and the
 library versions.
 """
@@ -39,7 +39,10 @@ RECORD_NAME = "nanosft_state.json"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 # Metric keys copied into the record (latest value of each in state.log_history).
 _METRIC_RE = re.compile(r"^(eval_)?(val_bpb|bpb|loss)$|^(eval_)?chatcore((_metric|_cat)(/.+)?|/.+)$|^eval_.*bpb$")
-_SECRET_RE = re.compile(r"(^|_)token$")
+# Secrets in records: keys ending in token/secret/password/key (``hub_token``, ``wandb_api_key``), any value
+# holding a Hugging Face token (``hf_`` + 30 or more letters/digits, https://huggingface.co/docs/hub/security-tokens).
+_SECRET_KEY_RE = re.compile(r"(token|secret|password|(^|_)key)$", re.IGNORECASE)
+_SECRET_VALUE_RE = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
 
 
 def staging_root(run_dir: str, step: int) -> str:
@@ -216,11 +219,27 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def redact(config: dict | None) -> dict | None:
-    """Copy of ``config`` with token-like keys (``hub_token``, ``*_token``) replaced by "<redacted>"."""
-    if config is None:
-        return None
-    return {k: ("<redacted>" if _SECRET_RE.search(k) and v else v) for k, v in config.items()}
+def is_secret(key: str, value) -> bool:
+    """Whether a config entry must not reach a file or log: a non-empty value under a secret-like key
+    (``*token``, ``*secret``, ``*password``, ``key``/``*_key``, any case) or a value holding an ``hf_`` token."""
+    return bool(value) and bool(_SECRET_KEY_RE.search(str(key)) or _SECRET_VALUE_RE.search(str(value)))
+
+
+def redact(config):
+    """Copy of ``config`` (a dict, nested dicts and lists too) with every secret value (``is_secret``)
+    replaced by "<redacted>"; None stays None."""
+    if isinstance(config, dict):
+        return {k: "<redacted>" if is_secret(k, v) and not isinstance(v, (dict, list)) else redact(v)
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [redact(v) for v in config]
+    return "<redacted>" if isinstance(config, str) and _SECRET_VALUE_RE.search(config) else config
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """``--set key=value`` overrides with each secret value (``is_secret``'s rules) replaced by "<redacted>"."""
+    split = [o.partition("=") for o in overrides]
+    return [f"{k}=<redacted>" if is_secret(k.strip(), v) else k + eq + v for k, eq, v in split]
 
 
 def latest_metrics(log_history: list[dict]) -> dict:
@@ -273,7 +292,7 @@ def checkpoint_record(trainer, run_config: dict | None = None) -> dict:
         "eval_loss": metrics.get("eval_loss"),
         "chatcore": {k: v for k, v in metrics.items() if "chatcore" in k},
         "metrics": metrics,
-        "config": redact(run_config) if run_config is not None else trainer.args.to_dict(),
+        "config": redact(run_config if run_config is not None else trainer.args.to_dict()),
         "versions": versions(),
     }
 
@@ -295,21 +314,26 @@ def follow_umask(folder: str, suffix: str) -> None:
             os.chmod(path, mode)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON (``default=str``) via a temp file in the same folder and
-    ``os.replace``, so a reader never sees half a file; the temp file is removed on any error.
-    The file gets the permissions of an ordinary new file (0666 less the umask), not ``mkstemp``'s 0600."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and ``os.replace``, so a
+    reader never sees half a file; the temp file is removed on any error. The file gets the permissions
+    of an ordinary new file (0666 less the umask), not ``mkstemp``'s 0600."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(path)))
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """``write_text_atomic`` of ``obj`` as indented JSON (``default=str``)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def write_record(folder: str, record: dict) -> str:
@@ -319,10 +343,14 @@ def write_record(folder: str, record: dict) -> str:
     return path
 
 
-def read_record(folder: str) -> dict | None:
-    """The record of a checkpoint folder, or None if it has none (e.g. written by a stock Trainer)."""
-    path = os.path.join(folder, RECORD_NAME)
+def read_json(path: str):
+    """The JSON value in the file ``path``, or None when there is no such file."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_record(folder: str) -> dict | None:
+    """The record of a checkpoint folder, or None if it has none (e.g. written by a stock Trainer)."""
+    return read_json(os.path.join(folder, RECORD_NAME))

@@ -329,7 +329,7 @@ def validate_dict(d: dict, source: str = "config", cls=NanoSFTConfig) -> None:
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:
-    """``["max_steps=3", "data_dir=../shared/data"]`` -> ``{"max_steps": 3, "data_dir": "../shared/data"}``."""
+    """``["max_steps=3", "data_dir=/data/sft"]`` -> ``{"max_steps": 3, "data_dir": "/data/sft"}``."""
     out = {}
     for item in overrides or []:
         if "=" not in item:

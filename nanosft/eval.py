@@ -1,7 +1,7 @@
 """ChatCORE from the command line (nanochat/scripts/chat_eval.py, for any HF checkpoint).
 
     python -m nanosft.eval --model out/checkpoint-500 --tasks ARC-Easy,GSM8K --max-problems 100 \\
-        --data-dir ../shared/data
+        --data-dir pkg://nanosft/resources/data
 
 Loads the checkpoint with ``AutoModelForCausalLM``/``AutoTokenizer`` (the tokenizer must hold the
 nanochat special tokens: nanosft checkpoints do), evaluates each task with a progress bar, prints a
@@ -19,29 +19,16 @@ import time
 
 from .errors import ConfigError, run_cli, use_cli_options
 from .pretrained import check_model_source
+from .report import chatcore_from_results, chatcore_table
 
 # How this CLI's messages name the settings (nanosft/errors.py ``option``): its flags, not config keys.
 CLI_OPTIONS = {"data_dir": "--data-dir"}
 
 
 def format_table(results: dict) -> str:
-    """A fixed-width table: task, kind, correct/total, accuracy, centered score; then ChatCORE rows."""
-    lines = [f"{'task':<14} {'kind':<12} {'correct':>10} {'accuracy':>9} {'centered':>9}"]
-    for name, r in results["tasks"].items():
-        centered = (r["accuracy"] - r["baseline"]) / (1 - r["baseline"])
-        lines.append(
-            f"{name:<14} {r['kind']:<12} {r['correct']:>5}/{r['total']:<4} {r['accuracy']:>9.4f} {centered:>9.4f}"
-        )
-    task_set = results.get("task_set")
-    for key in ("chatcore_cat", "chatcore_metric"):
-        if key in results:
-            lines.append(f"{key:<14} {task_set or '':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
-    if task_set and not results.get("complete", True):
-        from .chatcore import TASK_SETS
-
-        lines.append(f"partial: {len(results['tasks'])} of the {len(TASK_SETS[task_set])} tasks of set {task_set}; "
-                     "no ChatCORE")
-    return "\n".join(lines)
+    """``run_chatcore`` results as a fixed-width table (``report.chatcore_table``, layout "text"): task,
+    kind, correct/total, accuracy, centered score; then the ChatCORE rows, or a "partial" line."""
+    return "\n".join(chatcore_table({}, chatcore_from_results(results), layout="text"))
 
 
 def parse_args(argv=None):

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .tasks import DataSourceError, JsonlLines, LazyRows, Rows, require_file
+from .tasks import DataSourceError, JsonlLines, LazyRows, Rows, read_json_array, require_file
 from .template import ConversationError
 
 ROLES = ("system", "user", "assistant")
@@ -214,18 +214,6 @@ def expand_paths(path: str | list[str]) -> list[str]:
     return files
 
 
-def _read_json_array(path: str) -> list:
-    with open(path, encoding="utf-8-sig") as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataSourceError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(rows, list):
-        raise DataSourceError(f"{path}: a .json file must hold a JSON array of rows, got {type(rows).__name__} "
-                              "(one row per line is a .jsonl file)")
-    return rows
-
-
 def _read_table(path: str) -> list:
     """Parquet or CSV rows through ``datasets``' packaged loaders; CSV cells as strings, empty ones as ""."""
     import csv
@@ -266,7 +254,7 @@ def read_files(path: str | list[str]) -> Rows:
             part = JsonlLines(f)  # parsed when read; bad lines: InvalidLine rows, rejected or skipped later
             rows.add(part, f, "line", part.numbers)
         elif f.endswith(".json"):
-            rows.add(_read_json_array(f), f, "row")
+            rows.add(read_json_array(f), f, "row")
         else:
             rows.add(_read_table(f), f, "row")
     return rows

@@ -10,14 +10,17 @@ LRs, schedule, batch), the ChatCORE table and validation bpb, and how to load an
 The token: a ``hub_token`` given in the config would be pickled into every ``training_args.bin``
 (``torch.save(self.args)``) and copied into the run records. ``hide_token`` moves it to the
 ``HF_TOKEN`` environment variable of this process before the Trainer is built - ``huggingface_hub``
-reads it from there for every call - and clears it from the arguments; records redact ``*_token``
-keys (``nanosft.checkpoint.redact``). Trade-off: child processes of the run inherit ``HF_TOKEN``.
+reads it from there for every call - and clears it from the arguments; records redact secrets
+(``nanosft.checkpoint.is_secret``). Trade-off: child processes of the run inherit ``HF_TOKEN``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+
+from .checkpoint import chatcore_results, write_text_atomic
+from .report import chatcore_table
 
 logger = logging.getLogger(__name__)
 
@@ -45,38 +48,6 @@ def _mixture_rows(datasets: list | None) -> list[str]:
         extra = ", ".join(f"{k}={d[k]}" for k in ("subset", "max_rows", "size", "hub_id", "path", "format") if d.get(k) is not None)
         rows.append(f"| {d.get('name')} | {d.get('split', 'train')} | {d.get('epochs', 1)} | {extra or '-'} |")
     return rows
-
-
-def chatcore_table(metrics: dict) -> list[str]:
-    """Markdown lines of the ChatCORE table from record metrics (``chatcore/<task>``, ``chatcore_metric/<set>``).
-
-    The aggregate rows name their task set (``nanosft6``: six tasks, ``nanochat``: nanochat's five); a
-    partial run has per-task rows only, and says so.
-
-    Each task row gives the accuracy and the centered score (acc - baseline) / (1 - baseline), with
-    baseline 0.25 for ARC/MMLU and 0 for generative tasks (nanochat). Empty list if no ChatCORE ran.
-    """
-    from . import chatcore
-    from .checkpoint import chatcore_results
-
-    tasks = chatcore_results(metrics)
-    if not tasks:
-        return []
-    lines = ["| task | accuracy | centered |", "|---|---|---|"]
-    for name, acc in sorted(tasks.items()):
-        centered = chatcore.centered_score(name, acc) if name in chatcore.TASKS else acc  # baseline 0
-        lines.append(f"| {name} | {acc:.4f} | {centered:.4f} |")
-    aggregates = {}
-    for key, value in metrics.items():
-        parsed = chatcore.split_metric_key(key)
-        if parsed is not None and value is not None:
-            base, task_set = parsed
-            aggregates[f"{base} ({task_set or 'task set not recorded'})"] = value
-    for key, value in sorted(aggregates.items()):
-        lines.append(f"| **{key}** | | **{value:.4f}** |")
-    if not aggregates:
-        lines.append("| partial task set: no ChatCORE | | |")
-    return lines
 
 
 def build_model_card(trainer, model_name: str | None = None, tags: list | None = None) -> str:
@@ -165,7 +136,8 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         "## Evaluation",
         "",
     ]
-    table = chatcore_table(metrics)
+    tasks = {name: (acc, None) for name, acc in sorted(chatcore_results(metrics).items())}
+    table = chatcore_table({}, {**metrics, "tasks": tasks}, layout="card")  # accuracy and centered score
     body += table or ["ChatCORE has not been run for this checkpoint (`chatcore_every`)."]
     body.append("")
     for key in ("val_bpb", "eval_val_bpb", "eval_bpb", "eval_loss"):
@@ -201,9 +173,8 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
 
 
 def write_model_card(folder: str, trainer, model_name: str | None = None, tags: list | None = None) -> str:
-    """Write ``build_model_card`` to ``<folder>/README.md``; returns the path."""
+    """Write ``build_model_card`` to ``<folder>/README.md`` (``write_text_atomic``); returns the path."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "README.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(build_model_card(trainer, model_name=model_name, tags=tags))
+    write_text_atomic(path, build_model_card(trainer, model_name=model_name, tags=tags))
     return path

@@ -17,9 +17,9 @@ Design and its trade-off in numbers:
   The Muon half is ours: ``torch.optim.Muon`` has one fixed Newton-Schulz triple, always casts to
   bf16, and has no Polar Express, MuonEq, NorMuon or cautious weight decay.
 - Muon costs matmuls, AdamW costs memory traffic. One d12 block's six matrices take ~134 GFLOP
-  of Polar Express per step: ~1 s on 2 CPU cores at the ~137 GFLOP/s they reach in fp32 (~3x
-  faster with ``compute_dtype=torch.bfloat16``), against ~20 ms of AdamW for the same 7M weights.
-  So on CPU a Muon step costs ~15-60x an AdamW step (`bench/muon.py`); on a GPU it is a few
+  of Polar Express per step (less time with ``compute_dtype=torch.bfloat16``), where AdamW only
+  reads and writes the same 7M weights a few times.
+  So on CPU a Muon step costs many AdamW steps (`bench/muon.py` measures it); on a GPU it is a few
   percent of a training step. In exchange Muon keeps one buffer per matrix (plus a NorMuon vector
   per row or column) where AdamW keeps two: matrix optimizer state is half AdamW's (d12 in
   total, embeddings included: 1.09 GB vs 1.42 GB).
@@ -570,8 +570,8 @@ def prepare_deepspeed_muon(model: nn.Module, ds_config: dict, **build_kwargs):
     their tags), and returns a fixed copy of ``ds_config``:
 
     - ``gradient_clipping`` -> 0. DeepSpeed clips the already-orthogonalized update, which with
-      max_grad_norm 1.0 shrinks Muon updates ~20x (hf-integration.md). Set ``max_grad_norm=0`` in
-      the TrainingArguments too, or transformers fills "auto" with 1.0.
+      max_grad_norm 1.0 shrinks Muon updates (an orthogonal m x n matrix has norm sqrt(min(m, n))).
+      Set ``max_grad_norm=0`` in the TrainingArguments too, or transformers fills "auto" with 1.0.
     - ZeRO-3: ``zero_optimization.reduce_scatter`` -> false (DeepSpeed refuses Muon with it).
 
     DeepSpeed's Muon math differs from nanochat's: Newton-Schulz quintic (3.4445, -4.7750,

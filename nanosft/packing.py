@@ -8,7 +8,7 @@ render time, counted and logged). inputs = row[:-1], targets = row[1:].
 
 Trade-off in numbers (``bench/packing.py``, real mix, nanochat tokenizer): best-fit keeps >= 99.5% of
 slots real at T=2048, against ~40-60% for pad-to-longest; TRL's ``bfd`` packs tighter but crops long
-conversations (it dropped 2.3% of supervised tokens at T=512, see hf-integration.md).
+conversations (it dropped 2.3% of supervised tokens at T=512, ``bench/packing.py``).
 
 HF integration: the packing *plan* is computed once, deterministically (``pack_best_fit``), and the
 packed rows become a map-style ``datasets.Dataset``. The Trainer's own sampler and accelerate's
@@ -32,7 +32,17 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # target the loss skips: torch.nn.functional.cross_entropy's default ignore_index
+
+
+def _check_lengths(lengths: list[int], capacity: int) -> None:
+    """Raise ValueError naming the first conversation that is empty or longer than a row."""
+    for i, n in enumerate(lengths):
+        if n > capacity or n < 1:
+            raise ValueError(
+                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
+                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
+            )
 
 
 def pack_best_fit(lengths: list[int], capacity: int, buffer_size: int = 100) -> list[list[int]]:
@@ -50,12 +60,7 @@ def pack_best_fit(lengths: list[int], capacity: int, buffer_size: int = 100) -> 
     Raises:
         ValueError: a conversation is longer than ``capacity`` (truncate at render time) or empty.
     """
-    for i, n in enumerate(lengths):
-        if n > capacity or n < 1:
-            raise ValueError(
-                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
-                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
-            )
+    _check_lengths(lengths, capacity)
     buffer: list[tuple[int, int]] = []  # sorted (length, -stream_index)
     stream = iter(range(len(lengths)))
     exhausted = False
@@ -220,12 +225,7 @@ def pack_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int
     Raises:
         ValueError: a conversation is longer than ``capacity`` or empty.
     """
-    for i, n in enumerate(lengths):
-        if n > capacity or n < 1:
-            raise ValueError(
-                f"conversation {i} has {n} tokens; rows hold 1..{capacity}. Render with max_tokens <= T+1 "
-                "(NanoSFTConfig.max_length + 1) so that every conversation fits a row."
-            )
+    _check_lengths(lengths, capacity)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep stream order
     rows: list[list[int]] = []
     rooms: list[int] = []  # sorted distinct room values that have at least one open row

@@ -14,9 +14,9 @@
 transformers loads a GGUF checkpoint through ``GgufHfQuantizer``: without GGUF matmul kernels (always on
 CPU) every tensor is dequantized to ordinary ``nn.Linear``/``nn.Embedding`` weights, but the model still
 says ``is_quantized`` - the Trainer then refuses to fine-tune it and ``save_pretrained`` refuses to save it.
-``drop_gguf_quantizer`` removes that marker once every weight is a plain tensor. Cost: SmolLM2-135M
-(Q4_1, 93 MB) takes ~30 s to dequantize on 2 CPU cores (the tokenizer another ~10 s), vs ~1 s from
-safetensors; the weights differ slightly from the bf16 release (4-bit round trip).
+``drop_gguf_quantizer`` removes that marker once every weight is a plain tensor. Cost: dequantizing
+takes tens of seconds for SmolLM2-135M (Q4_1, 93 MB) where safetensors load in about one; the weights
+differ slightly from the bf16 release (4-bit round trip).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ exists); for RL runs ``reward.png`` and ``pass_at_k.png``. ChatCORE aggregates a
 set (``chatcore_metric/nanochat``); a partial set has none and the table says so. The before/after table
 gives a binomial noise scale per task, sqrt(p_b (1 - p_b) / n + p_a (1 - p_a) / n), so a reader can tell a
 change from sampling noise at the capped problem counts (at n = 24 one problem is 4 points).
-Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 3.5 in, 100 dpi).
+Trade-off: matplotlib import + 4 PNGs cost a second or two per run; plots are small (6 x 3.5 in, 100 dpi).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import os
 import re
 import statistics
 
+from .checkpoint import read_json, redact, redact_overrides, write_text_atomic
+
 CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "max_length",
                "per_device_train_batch_size", "gradient_accumulation_steps", "total_batch_size", "max_steps",
                "num_train_epochs", "optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr",
@@ -43,22 +45,15 @@ CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "
                "device_batch_size", "use_tool", "eval_every", "eval_examples", "eval_num_samples")
 
 
-def _read_json(path: str):
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def load_log_history(run_dir: str) -> list[dict]:
     """``log_history`` from ``metrics.json``, else from the newest checkpoint's ``trainer_state.json``; [] if none."""
-    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    metrics = read_json(os.path.join(run_dir, "metrics.json"))
     if metrics and metrics.get("log_history"):
         return metrics["log_history"]
     states = glob.glob(os.path.join(run_dir, "checkpoint-*", "trainer_state.json"))
     steps = [(int(m.group(1)), p) for p in states if (m := re.search(r"checkpoint-(\d+)", p))]
     if steps:
-        return (_read_json(max(steps)[1]) or {}).get("log_history", [])
+        return (read_json(max(steps)[1]) or {}).get("log_history", [])
     return []
 
 
@@ -105,48 +100,70 @@ def chatcore_from_log(log_history: list[dict]) -> dict:
     return {}
 
 
-def _cap(task: str, config: dict) -> int | None:
-    from .chatcore import TASKS, task_cap
+# ChatCORE table layouts: (header lines, task row, aggregate row, partial row) as ``str.format`` templates.
+TABLE_LAYOUTS = {
+    "report": (["| task | n | before | after | change | noise (1 sigma) |", "|---|---|---|---|---|---|"],
+               "| {task} | {n} | {before} | {after} | {change} | {noise} |",
+               "| **{key}** (centered) | | {before} | {after} | {change} | |",
+               "| partial: {partial}, no ChatCORE | | | | | |"),
+    "card": (["| task | accuracy | centered |", "|---|---|---|"], "| {task} | {after} | {centered} |",
+             "| **{base} ({task_set})** | | **{after}** |", "| partial task set: no ChatCORE | | |"),
+    "text": ([f"{'task':<14} {'kind':<12} {'correct':>10} {'accuracy':>9} {'centered':>9}"],
+             "{task:<14} {kind:<12} {correct:>5}/{n:<4} {after:>9} {centered:>9}",
+             "{base:<14} {task_set:<12} {blank:>10} {blank:>9} {after:>9}", "partial: {partial}; no ChatCORE"),
+}
 
-    if task not in TASKS:  # a task this version does not know: the generative cap, as before
-        return config.get("chatcore_max_generative")
-    return task_cap(task, config.get("chatcore_max_categorical"), config.get("chatcore_max_generative"))
 
+def chatcore_table(before: dict, after: dict, config: dict | None = None, layout: str = "report") -> list[str]:
+    """The ChatCORE table: the one builder of the run report's, the model card's and ``nanosft.eval``'s.
 
-def chatcore_table(before: dict, after: dict, config: dict | None = None) -> list[str]:
-    """Markdown rows: task, n, accuracy before/after, change, noise (binomial sigma of the change).
+    Args:
+        before, after: the base and the trained model's ChatCORE as ``chatcore_from_results`` /
+            ``chatcore_from_log`` give it (``{}``: not run); aggregates are keys ``chatcore_metric/<set>``.
+        config: the run config; its caps (``chatcore.task_cap``) give n when the results do not.
+        layout: a ``TABLE_LAYOUTS`` key. "report": n, accuracy before/after, change and its noise, the
+            binomial sigma sqrt((b (1 - b) + a (1 - a)) / n); "card": accuracy and centered score
+            (``chatcore.centered_score``; baseline 0 for a task this version does not know); "text": fixed
+            width, kind, correct/total, accuracy, centered score.
 
-    n comes from the result files (``total``), else from the config's caps. Empty when neither side ran.
+    Returns:
+        The lines: header, a row per task, a row per aggregate, and a "partial" row when no side has a
+        ``chatcore_metric`` and the tasks do not cover their set. Empty when neither side ran.
     """
+    from .chatcore import TASK_SETS, TASKS, centered_score, split_metric_key, task_cap
+
     config = config or {}
+    head, task_row, aggregate_row, partial_row = TABLE_LAYOUTS[layout]
     tasks = list(dict.fromkeys([*after.get("tasks", {}), *before.get("tasks", {})]))
     if not tasks:
         return []
-    lines = ["| task | n | before | after | change | noise (1 sigma) |", "|---|---|---|---|---|---|"]
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"
+    change = lambda a, b: "-" if a is None or b is None else f"{a - b:+.4f}"
+    lines = list(head)
     for t in tasks:
         b, nb = before.get("tasks", {}).get(t, (None, None))
         a, na = after.get("tasks", {}).get(t, (None, None))
-        n = na or nb or _cap(t, config)
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"
-        change = noise = "-"
-        if a is not None and b is not None:
-            change = f"{a - b:+.4f}"
-            if n:
-                noise = f"{math.sqrt((b * (1 - b) + a * (1 - a)) / n):.4f}"
-        lines.append(f"| {t} | {n or '-'} | {fmt(b)} | {fmt(a)} | {change} | {noise} |")
-    from .chatcore import TASK_SETS, split_metric_key
-
+        known = t in TASKS  # else: the generative cap and baseline 0, as for a generative task
+        n = na or nb or (task_cap(t, config.get("chatcore_max_categorical"), config.get("chatcore_max_generative"))
+                         if known else config.get("chatcore_max_generative"))
+        noise = math.sqrt((b * (1 - b) + a * (1 - a)) / n) if a is not None and b is not None and n else None
+        lines.append(task_row.format(
+            task=t, n=n or "-", kind=TASKS[t].kind if known else "-", before=fmt(b),
+            correct=round(a * n) if a is not None and n else "-", after=fmt(a), change=change(a, b), noise=fmt(noise),
+            centered=fmt(centered_score(t, a) if known and a is not None else a)))
     aggregates = [k for k in dict.fromkeys([*after, *before]) if split_metric_key(k) is not None]
     for key in sorted(aggregates, key=lambda k: (split_metric_key(k)[1] or "", k)):
         b, a = before.get(key), after.get(key)
         if a is not None or b is not None:
-            change = f"{a - b:+.4f}" if a is not None and b is not None else "-"
-            lines.append(f"| **{key}** (centered) | | {'-' if b is None else f'{b:.4f}'} | "
-                         f"{'-' if a is None else f'{a:.4f}'} | {change} | |")
+            base, task_set = split_metric_key(key)
+            lines.append(aggregate_row.format(key=key, base=base, task_set=task_set or "task set not recorded",
+                                              before=fmt(b), after=fmt(a), change=change(a, b), blank=""))
     task_set = after.get("task_set") or before.get("task_set")
-    if not aggregates and task_set in TASK_SETS and not set(TASK_SETS[task_set]) <= set(tasks):
-        lines.append(f"| partial: {len(tasks)} of the {len(TASK_SETS[task_set])} tasks of set {task_set}, "
-                     "no ChatCORE | | | | | |")
+    members = TASK_SETS.get(task_set, ())
+    has_metric = "chatcore_metric" in {split_metric_key(k)[0] for k in aggregates}
+    if not has_metric and not (members and set(members) <= set(tasks)):
+        partial = f"{len(tasks)} of the {len(members)} tasks of set {task_set}" if members else "task set not recorded"
+        lines.append(partial_row.format(partial=partial))
     return lines
 
 
@@ -253,7 +270,7 @@ def data_table(stats: dict | None) -> list[str]:
 
 
 def config_table(run_config: dict | None) -> list[str]:
-    """Markdown rows of the key config values (the YAML as run, overrides applied) and versions."""
+    """Markdown rows of the key config values (the YAML as run, overrides applied; secrets redacted) and versions."""
     if not run_config:
         return []
     cfg = run_config.get("config", {})
@@ -269,9 +286,9 @@ def config_table(run_config: dict | None) -> list[str]:
         elif resolved.get(key) is not None:
             lines.append(f"| {key} | `{json.dumps(resolved[key])}` | default |")
     if cfg.get("datasets"):
-        lines.append(f"| datasets | `{json.dumps(cfg['datasets'])}` | config |")
+        lines.append(f"| datasets | `{json.dumps(redact(cfg['datasets']))}` | config |")
     if run_config.get("overrides"):
-        lines.append(f"| overrides | `{' '.join(run_config['overrides'])}` | command line |")
+        lines.append(f"| overrides | `{' '.join(redact_overrides(run_config['overrides']))}` | command line |")
     versions = run_config.get("versions") or {}
     if versions:
         lines.append("| versions | " + ", ".join(f"{k} {v}" for k, v in versions.items()) + " | |")
@@ -281,11 +298,11 @@ def config_table(run_config: dict | None) -> list[str]:
 def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     """Read the run folder, draw the plots; returns (markdown text, {plot name: file})."""
     log_history = load_log_history(run_dir)
-    metrics = _read_json(os.path.join(run_dir, "metrics.json")) or {}
-    run_config = _read_json(os.path.join(run_dir, "run_config.json"))
-    stats = _read_json(os.path.join(run_dir, "data_stats.json"))
-    before = chatcore_from_results(_read_json(os.path.join(run_dir, "chatcore_base.json")))
-    after = chatcore_from_results(_read_json(os.path.join(run_dir, "chatcore.json"))) or chatcore_from_log(log_history)
+    metrics = read_json(os.path.join(run_dir, "metrics.json")) or {}
+    run_config = read_json(os.path.join(run_dir, "run_config.json"))
+    stats = read_json(os.path.join(run_dir, "data_stats.json"))
+    before = chatcore_from_results(read_json(os.path.join(run_dir, "chatcore_base.json")))
+    after = chatcore_from_results(read_json(os.path.join(run_dir, "chatcore.json"))) or chatcore_from_log(log_history)
     plots = make_plots(run_dir, log_history, before)
     name = os.path.basename(os.path.abspath(run_dir))
     md = [f"# Run report: {name}", ""]
@@ -307,7 +324,7 @@ def build_report(run_dir: str) -> tuple[str, dict[str, str]]:
     table = chatcore_table(before, after, (run_config or {}).get("config", {}))
     md += ["## ChatCORE", ""]
     if table:
-        src = "`chatcore.json`" if _read_json(os.path.join(run_dir, "chatcore.json")) else f"step {after.get('step', '-')}"
+        src = "`chatcore.json`" if read_json(os.path.join(run_dir, "chatcore.json")) else f"step {after.get('step', '-')}"
         head = f"After: the final model ({src})."
         if before:
             head = (f"Before: the base model (`chatcore_base.json`, same problems). {head} "
@@ -322,10 +339,7 @@ def write_report(run_dir: str) -> str:
     """Write ``<run_dir>/report.md`` (and the PNGs it links); returns its path."""
     text, _ = build_report(run_dir)
     path = os.path.join(run_dir, "report.md")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path
 
 

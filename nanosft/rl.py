@@ -72,10 +72,10 @@ def main(argv=None) -> int:
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
     from transformers import set_seed
 
-    from .checkpoint import redact, resolve_resume, write_json_atomic
+    from .checkpoint import redact, redact_overrides, resolve_resume, write_json_atomic
     from .rl_trainer import NanoRLTrainer, PassAtKCallback
     from .schedule import LR_KEYS, resolve_learning_rates
-    from .train import load_model, load_tokenizer, redact_overrides, versions
+    from .train import load_model, load_tokenizer, versions
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)

@@ -41,8 +41,8 @@ benchmarks force the weaker paths with ``disable=`` or ``NANOSFT_SANDBOX_DISABLE
 What no mode stops: CPU/memory side channels, reading world-readable files (read-only, not hidden),
 kernel exploits; with Landlock alone (no mount namespace), changing the timestamps of the user's own files.
 
-Cost: one sandboxed run is about 70 ms of wall time on an idle machine (interpreter start, namespace
-setup, Landlock and seccomp); ``bench/sandbox.py`` prints each mode against the pre-Landlock sandbox.
+Cost: one sandboxed run is an interpreter start plus namespace setup, Landlock and seccomp (tens of
+milliseconds); ``bench/sandbox.py`` prints each mode against the pre-Landlock sandbox.
 The 164 HumanEval problems take a few seconds with ``execute_many(max_workers=4)``.
 """
 
@@ -492,12 +492,12 @@ def execute_code(
 
 
 def probe(python: str | None = None, disable=None) -> ExecutionResult:
-    """One sandboxed run of ``pass`` (weak sandbox allowed): what ``execute_code`` gets on this machine."""
+    """One sandboxed run of ``pass`` (weak sandbox allowed): what ``execute_code`` gets on this host."""
     return execute_code("pass", timeout=10.0, python=python, allow_weak=True, disable=disable)
 
 
 def isolation_report(python: str | None = None, disable=None) -> tuple:
-    """The isolation layers ``execute_code`` obtains on this machine, e.g. ``("netns", ..., "seccomp")``."""
+    """The isolation layers ``execute_code`` obtains on this host, e.g. ``("netns", ..., "seccomp")``."""
     return probe(python, disable).layers
 
 

@@ -15,9 +15,9 @@ Training uses ``ChatRenderer``: it collects every text piece of a batch of conve
 ordinarily (a typed ``<|bos|>`` is text, never the control token) in one call, then stitches ids and
 mask. For the nanochat tokenizer (and any tiktoken-converted BPE) the call goes to tiktoken, with the
 texts joined by a private separator token; otherwise to the tokenizer's Rust backend. On 10,000 real
-conversations (GSM8K, identity, GPTeacher, SpellingBee; ``bench/render.py``, one process, 2 loaded
-cores) that is ~4-5x faster than TRL's jinja + ``return_assistant_tokens_mask`` path (~1.2x with the
-Rust backend: HF's BPE encode, not jinja, is most of TRL's time).
+conversations (GSM8K, identity, GPTeacher, SpellingBee; ``bench/render.py``, one process) that is several
+times faster than TRL's jinja + ``return_assistant_tokens_mask`` path (slightly faster with the Rust
+backend: HF's BPE encode, not jinja, is most of TRL's time).
 
 ``CHAT_TEMPLATE`` is the same format in jinja with ``{% generation %}`` markers. It ships in every
 checkpoint so ``apply_chat_template`` works for serving (transformers, vLLM) and for TRL's
@@ -299,7 +299,7 @@ class ChatRenderer:
             return [enc.encode_ordinary(t) for t in texts]
         # One call for all texts: tiktoken encodes each stretch between two separators on its own (the same
         # ids as separate calls), and skips ~6 us of call overhead per text (-30% on the bench mix). One
-        # thread: tiktoken's batch threadpool was 4x slower on this 2-core machine.
+        # thread: tiktoken's batch threadpool was slower on few cores (bench/render.py).
         flat = enc.encode(joined, allowed_special=self._separator, disallowed_special=())
         sep = self._separator_id
         out = []

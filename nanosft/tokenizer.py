@@ -5,7 +5,7 @@ Two ways to get a tokenizer that speaks the nanochat chat format:
 1. ``build_nanochat_tokenizer(dir)``: a nanochat tokenizer folder (``tokenizer.tiktoken`` rank
    file + ``tokenizer_meta.json``) becomes a ``PreTrainedTokenizerFast`` whose ids equal tiktoken's
    (65,527 BPE ranks, then the 9 special tokens at 65527..65535). Converting the 65K ranks takes
-   1-3 s; ``save_pretrained`` writes a ``tokenizer.json`` that loads without the conversion.
+   seconds; ``save_pretrained`` writes a ``tokenizer.json`` that loads without the conversion.
 2. ``add_nanochat_special_tokens(tokenizer, model)``: any other HF tokenizer (e.g. SmolLM2's) gets the
    9 special tokens appended; the model's embeddings are resized and the new rows initialised to the
    mean of the existing rows (HF's ``mean_resizing``), so the new tokens start as "an average token"
@@ -141,7 +141,8 @@ def ordinary_encoder(tokenizer):
 
     nanochat encodes message text with tiktoken's ``encode_ordinary``: a typed ``<|assistant_end|>``
     is seven ordinary tokens. The HF backend does the same only with ``encode_special_tokens=True``
-    (hf-integration.md); the copy keeps the saved tokenizer untouched (serving needs parsing).
+    (https://huggingface.co/docs/tokenizers/api/tokenizer); the copy keeps the saved tokenizer untouched
+    (serving needs parsing).
 
     Returns:
         ``tokenizers.Tokenizer``; use ``.encode_batch(texts, add_special_tokens=False)``.
@@ -170,8 +171,8 @@ TIKTOKEN_SEPARATOR = "\x00<|nanosft_text_separator|>\x00"
 def tiktoken_encoding(tokenizer):
     """A ``tiktoken.Encoding`` that encodes text exactly like the tokenizer's ``encode_ordinary``, or None.
 
-    tiktoken's Rust BPE encodes the nanochat chat mix ~4x faster than the ``tokenizers`` backend on
-    this machine (bench/render.py), so ``ChatRenderer`` uses it where it is exact: a byte-level BPE
+    tiktoken's Rust BPE encodes the nanochat chat mix faster than the ``tokenizers`` backend
+    (``bench/render.py`` measures it), so ``ChatRenderer`` uses it where it is exact: a byte-level BPE
     converted from tiktoken ranks (nanochat's rank file via ``build_nanochat_tokenizer``, or any
     ``TikTokenConverter`` output, also after ``save_pretrained``/``from_pretrained``). Exact means: no
     normalizer, pre-tokenizer ``Split(regex)`` + ``ByteLevel(use_regex=False)``, ``ignore_merges``,
@@ -257,7 +258,7 @@ _TIKTOKEN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cached_tiktoken_encoding(tokenizer):
-    """``tiktoken_encoding`` memoized per tokenizer object and vocabulary size (the check takes ~0.5-1 s)."""
+    """``tiktoken_encoding`` memoized per tokenizer object and vocabulary size (building and checking one is slow)."""
     try:
         hit = _TIKTOKEN_CACHE.get(tokenizer)
     except TypeError:  # not weak-referenceable
@@ -271,7 +272,7 @@ def cached_tiktoken_encoding(tokenizer):
 def special_token_ids(tokenizer) -> dict[str, int]:
     """Map each nanochat special token to its id.
 
-    One ``convert_tokens_to_ids`` per token; the 65K-entry ``get_vocab()`` dict (0.14 s) is built only
+    One ``convert_tokens_to_ids`` per token; the 65K-entry ``get_vocab()`` dict (slow) is built only
     to name the missing tokens.
 
     Raises:
@@ -293,8 +294,9 @@ def special_token_ids(tokenizer) -> dict[str, int]:
 def release_padding_idx(model) -> int | None:
     """Let every token's input-embedding row learn.
 
-    The trap (hf-integration.md): HF embeddings are built with ``padding_idx=config.pad_token_id``;
-    that row never receives gradient. NanoChatConfig's default pad id 1 is a byte token, and a pad of
+    The trap: HF embeddings are built with ``padding_idx=config.pad_token_id``
+    (transformers/models/nanochat/modeling_nanochat.py), and that row never receives gradient
+    (``torch.nn.Embedding``). NanoChatConfig's default pad id 1 is a byte token, and a pad of
     ``<|bos|>`` or ``<|assistant_end|>`` would freeze a token the model must use. nanosft never feeds
     pad ids to the model without a target mask (the packer pads with ``<|bos|>`` ids and masks them),
     so it turns ``padding_idx`` off on the input embedding.

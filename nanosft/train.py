@@ -279,7 +279,7 @@ def main(argv=None) -> int:
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
-    from .checkpoint import redact, remove_checkpoints, resolve_resume, write_json_atomic
+    from .checkpoint import redact, redact_overrides, remove_checkpoints, resolve_resume, write_json_atomic
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
     trainer.run_config = raw  # recorded in every checkpoint's nanosft_state.json
@@ -306,12 +306,6 @@ def main(argv=None) -> int:
         write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report.py)
         print(summary_line(trainer, cfg), flush=True)
     return 0
-
-
-def redact_overrides(overrides: list[str]) -> list[str]:
-    """``--set hub_token=...`` overrides with the value hidden."""
-    return [o.split("=", 1)[0] + "=<redacted>" if o.split("=", 1)[0].strip().endswith("token") else o
-            for o in overrides]
 
 
 if __name__ == "__main__":

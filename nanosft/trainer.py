@@ -9,7 +9,7 @@ Each override changes one TRL/transformers behaviour, for one reason:
   58% of the tokens of a chat mix are supervised, and with a 65K vocabulary the head and the loss
   dominate a small model's step), summed, and divided by the number of supervised tokens of the whole
   optimizer step: all micro-batches and all ranks (``num_items_in_batch``, which the Trainer gathers
-  across ranks). TRL's fused lm-head path costs ~2x on CPU (hf-integration.md).
+  across ranks). TRL's fused lm-head loss (trl/trainer/sft_trainer.py) saves GPU memory, costs CPU time.
 - ``create_optimizer``: ``nanosft.muon.build_optimizer`` (Muon on block matrices, AdamW on embeddings,
   lm_head and scalars) through ``optimizer_cls_and_kwargs``; warm start from the base checkpoint.
 - ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.schedule``).

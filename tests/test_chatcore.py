@@ -1,9 +1,11 @@
 """nanosft.chatcore and the eval CLI: task data, prompts, scoring, ChatCORE arithmetic, batched eval."""
 
 import copy
+import gc
 import itertools
 import json
 import os
+import weakref
 
 import pytest
 import torch
@@ -197,6 +199,17 @@ def test_hub_path_reads_the_hub_schemas(monkeypatch):
         ("openai/gsm8k", ("main",), "test"),
         ("openai/openai_humaneval", (), "test"),
     ]
+
+
+def test_renderer_is_built_once_per_tokenizer_and_freed_with_it(nanochat_tokenizer):
+    tok = copy.deepcopy(nanochat_tokenizer)
+    renderer = chatcore.renderer_for(tok)
+    assert chatcore.renderer_for(tok) is renderer and chatcore.renderer_for(nanochat_tokenizer) is not renderer
+    assert renderer.tokenizer is tok
+    ref = weakref.ref(tok)
+    del tok, renderer
+    gc.collect()
+    assert ref() is None  # no cache keeps the tokenizer alive
 
 
 # ---------------------------------------------------------------- scoring

@@ -270,6 +270,22 @@ def test_file_errors_name_the_path(tmp_path):
         load({"name": "files", "path": str(tmp_path / "bad.json")})
 
 
+def test_gpteacher_reads_its_json_file_like_the_files_loader(tmp_path):
+    from nanosft.tasks import gpteacher
+
+    (tmp_path / "gpteacher").mkdir()
+    path = tmp_path / "gpteacher" / "codegen-instruct.json"
+    path.write_text('\ufeff[{"instruction": "Say hi", "input": "", "response": "hi"}]', encoding="utf-8")
+    assert gpteacher.load_conversations("train", str(tmp_path)) == [
+        [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]]
+    path.write_text('[\n{"instruction": \n]')
+    with pytest.raises(DataSourceError, match=r"codegen-instruct.json, line 3: invalid JSON"):
+        gpteacher.load_conversations("train", str(tmp_path))
+    path.write_text('{"instruction": "x"}')
+    with pytest.raises(DataSourceError, match="must hold a JSON array"):
+        gpteacher.load_conversations("train", str(tmp_path))
+
+
 @pytest.mark.parametrize("spec, reason", [
     ({"name": "files", "path": "x.jsonl", "format": "chatml"}, "unknown format 'chatml'"),
     ({"name": "gsm8k", "format": "sharegpt"}, "apply to datasets"),

@@ -132,3 +132,21 @@ def test_card_has_the_chatcore_table(tmp_path):
     card = build_model_card(trainer)
     assert "| ARC-Easy | 0.4000 | 0.2000 |" in card and "partial task set: no ChatCORE" in card
     assert "chatcore_metric" not in card
+
+
+@pytest.mark.parametrize("key, value, secret", [
+    ("hub_token", TOKEN, True), ("HF_TOKEN", "abc", True), ("wandb_api_key", "0123456789abcdef" * 2, True),
+    ("api_key", "k", True), ("client_secret", "s", True), ("db_password", "p", True),
+    ("model_name_or_path", f"https://user:{TOKEN}@example.com/m", True),  # an hf_ token under any key
+    ("hub_token", "", False), ("max_length", "128", False), ("monkey", "banana", False),
+    ("model_name_or_path", "hf_short", False), ("hub_model_id", "org/tiny", False)])
+def test_records_overrides_and_report_redact_the_same_secrets(key, value, secret):
+    from nanosft.checkpoint import redact, redact_overrides
+    from nanosft.report import config_table
+
+    expected = "<redacted>" if secret else value
+    assert redact({key: value, "datasets": [{"name": "x", key: value}]}) == \
+        {key: expected, "datasets": [{"name": "x", key: expected}]}
+    assert redact_overrides([f"{key}={value}", "seed=1"]) == [f"{key}={expected}", "seed=1"]
+    rows = "\n".join(config_table({"config": {"datasets": [{key: value}]}, "overrides": [f"{key}={value}"]}))
+    assert f"`{key}={expected}`" in rows and json.dumps([{key: expected}]) in rows  # the report redacts too

@@ -4,7 +4,7 @@ import datasets
 import pytest
 import torch
 
-from nanosft.packing import PackedCollator, pack_best_fit, pack_dataset
+from nanosft.packing import PackedCollator, pack_best_fit, pack_best_fit_decreasing, pack_dataset
 
 
 def test_best_fit_takes_the_longest_conversation_that_fits():
@@ -37,6 +37,13 @@ def test_every_conversation_is_packed_exactly_once_and_rows_never_overflow():
 def test_a_conversation_longer_than_a_row_is_refused():
     with pytest.raises(ValueError, match="conversation 1 has 12 tokens; rows hold 1..10"):
         pack_best_fit([3, 12], capacity=10)
+
+
+@pytest.mark.parametrize("pack", [pack_best_fit, pack_best_fit_decreasing])
+@pytest.mark.parametrize("lengths, bad", [([3, 12], "conversation 1 has 12"), ([3, 4, 0], "conversation 2 has 0")])
+def test_both_packers_refuse_empty_and_too_long_conversations(pack, lengths, bad):
+    with pytest.raises(ValueError, match=f"{bad} tokens; rows hold 1..10"):
+        pack(lengths, capacity=10)
 
 
 def _rendered(convs):

@@ -96,6 +96,26 @@ def test_chatcore_table_uses_the_config_caps_when_no_counts_are_known():
     assert chatcore_table({}, {}) == []
 
 
+def test_eval_card_and_report_tables_show_the_same_rows():
+    from nanosft.eval import format_table
+    from nanosft.report import chatcore_from_results
+
+    results = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 40, "total": 100, "kind": "categorical",
+                                      "baseline": 0.25},
+                         "GSM8K": {"accuracy": 0.05, "correct": 5, "total": 100, "kind": "generative",
+                                   "baseline": 0.0}},
+               "task_set": "nanochat", "complete": False}
+    text = format_table(results).splitlines()
+    card = chatcore_table({}, chatcore_from_results(results), layout="card")
+    report = chatcore_table({}, chatcore_from_results(results))
+    assert text[1].split() == ["ARC-Easy", "categorical", "40/100", "0.4000", "0.2000"]  # (0.4 - 0.25) / 0.75
+    assert card[2:4] == ["| ARC-Easy | 0.4000 | 0.2000 |", "| GSM8K | 0.0500 | 0.0500 |"]
+    assert report[2:4] == ["| ARC-Easy | 100 | - | 0.4000 | - | - |", "| GSM8K | 100 | - | 0.0500 | - | - |"]
+    assert text[-1] == "partial: 2 of the 5 tasks of set nanochat; no ChatCORE"
+    assert card[-1] == "| partial task set: no ChatCORE | | |"
+    assert report[-1] == "| partial: 2 of the 5 tasks of set nanochat, no ChatCORE | | | | | |"
+
+
 def test_log_history_falls_back_to_the_newest_checkpoint(tmp_path):
     for step, loss in ((5, 2.0), (10, 1.0)):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -112,3 +132,28 @@ def test_cli_rebuilds_the_report(run_dir):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "report.md").is_file() and proc.stdout.strip().endswith("report.md")
+
+
+def test_report_and_model_card_replace_their_file_atomically(tmp_path, monkeypatch):
+    """Both go through checkpoint.write_text_atomic: a temp file in the same folder, then os.replace."""
+    from nanosft import checkpoint, hub
+
+    (tmp_path / "README.md").write_text("old card")
+    replaced, real_replace = [], os.replace
+    monkeypatch.setattr(checkpoint.os, "replace",
+                        lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
+    monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# new card")
+    paths = [write_report(str(tmp_path)), hub.write_model_card(str(tmp_path), trainer=None)]
+    assert [dst for _, dst in replaced] == paths
+    assert [os.path.dirname(src) for src, _ in replaced] == [str(tmp_path)] * 2
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "report.md"]  # no temp file left
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", fail)
+    monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# half")
+    with pytest.raises(OSError, match="disk full"):
+        hub.write_model_card(str(tmp_path), trainer=None)
+    assert (tmp_path / "README.md").read_text() == "# new card"  # the old card stays whole
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "report.md"]

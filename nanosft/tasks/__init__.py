@@ -78,6 +78,22 @@ def require_file(path: str, how_to_get: str) -> str:
     return path
 
 
+def read_json_array(path: str) -> list:
+    """The rows of a ``.json`` file holding one JSON array (a byte-order mark is accepted).
+
+    Raises:
+        DataSourceError: invalid JSON (names the line) or not an array."""
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataSourceError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(rows, list):
+        raise DataSourceError(f"{path}: a .json file must hold a JSON array of rows, got {type(rows).__name__} "
+                              "(one row per line is a .jsonl file)")
+    return rows
+
+
 _BLANK = object()  # a blank line of a JSON-lines file (skipped)
 
 

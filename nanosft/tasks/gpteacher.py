@@ -7,10 +7,9 @@ appended to the instruction after a blank line (the Alpaca convention). Local:
 
 from __future__ import annotations
 
-import json
 import os
 
-from . import DataSourceError, load_hub, require_file
+from . import DataSourceError, load_hub, read_json_array, require_file
 
 SUBSETS = ("codegen", "roleplay", "toolformer")
 
@@ -29,9 +28,4 @@ def load_conversations(split: str = "train", data_dir: str | None = None, subset
         return [to_conversation(r) for r in load_hub("teknium/GPTeacher-General-Instruct", split="train")]
     path = os.path.join(data_dir, "gpteacher", f"{subset}-instruct.json")
     require_file(path, "Get it from github.com/teknium1/GPTeacher (<subset>/<subset>-instruct.json).")
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is accepted
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataSourceError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    return [to_conversation(r) for r in rows]
+    return [to_conversation(r) for r in read_json_array(path)]
