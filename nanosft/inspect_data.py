@@ -1,11 +1,11 @@
-"""See what training sees: ``python -m nanosft.inspect --config configs/tiny.yaml [--n 3] [--set key=value]``.
+"""See what training sees: ``python -m nanosft.inspect_data --config configs/tiny.yaml [--n 3] [--set key=value]``.
 
-It loads the tokenizer (``nanosft.train.load_tokenizer``), the training mixture (``nanosft.data``:
+It loads the tokenizer (``nanosft.models.pretrained.load_tokenizer``), the training mixture (``nanosft.data.mixture``:
 validation, ``skip_invalid``, shuffle with ``mixture_seed``) and renders it exactly as training does
 (``ChatRenderer`` with ``max_tokens = max_length + 1``), then prints:
 
 1. ``--n`` sample conversations of each dataset, headed by the dataset's ``format:`` (messages, sharegpt,
-   alpaca, openai: ``nanosft.formats``) so a row of each format is seen as training sees it, token by
+   alpaca, openai: ``nanosft.data.formats``) so a row of each format is seen as training sees it, token by
    token, supervised tokens (assistant mask 1, the training targets) in green and unsupervised ones in
    red. When stdout is not a terminal (or with ``--color never``) the spans are written as plain markers
    instead::
@@ -24,7 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .data.mixture import DatasetSpec, load_mixture, render_dataset, supervision_stats
 from .errors import run_cli
+from .format.template import ChatRenderer
+from .models.pretrained import load_tokenizer
+from .training.config import load_config
 
 GREEN, RED, RESET = "\x1b[32m", "\x1b[31m", "\x1b[0m"
 
@@ -54,7 +58,7 @@ def format_conversation(tokenizer, ids: list[int], mask: list[int], color: bool)
 
 
 def format_table(stats: dict) -> str:
-    """The per-dataset table of ``nanosft.data.supervision_stats`` (with truncation counts)."""
+    """The per-dataset table of ``nanosft.data.mixture.supervision_stats`` (with truncation counts)."""
     head = f"{'dataset':<36} {'conv':>7} {'mean len':>9} {'max len':>8} {'supervised':>11} {'truncated':>10}"
     lines = [head, "-" * len(head)]
     total = {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0, "truncated": 0}
@@ -75,7 +79,7 @@ def inspect_config(cfg, n: int = 3, color: bool = False, out=None) -> dict:
     """Render the training mixture of ``cfg`` and print samples and statistics to ``out``.
 
     Args:
-        cfg: a ``NanoSFTConfig`` (``nanosft.config.load_config``).
+        cfg: a ``NanoSFTConfig`` (``nanosft.training.config.load_config``).
         n: sample conversations printed per dataset (0: only the table).
         color: ANSI colors instead of bracket markers.
         out: a text stream (default ``sys.stdout``).
@@ -86,10 +90,6 @@ def inspect_config(cfg, n: int = 3, color: bool = False, out=None) -> dict:
     Raises:
         DataSourceError, DataValidationError: as training would (missing data, invalid rows).
     """
-    from .data import DatasetSpec, load_mixture, render_dataset, supervision_stats
-    from .template import ChatRenderer
-    from .train import load_tokenizer
-
     out = out or sys.stdout
     tokenizer = load_tokenizer(cfg)
     renderer = ChatRenderer(tokenizer, max_tokens=cfg.max_length + 1)
@@ -115,7 +115,7 @@ def inspect_config(cfg, n: int = 3, color: bool = False, out=None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanosft.inspect", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m nanosft.inspect_data", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="YAML config, as for nanosft.train")
     p.add_argument("--n", type=int, default=3, help="sample conversations per dataset (default 3)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -123,7 +123,6 @@ def main(argv=None) -> int:
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="ANSI colors: auto = only when stdout is a terminal")
     args = p.parse_args(argv)
-    from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())

@@ -114,8 +114,8 @@ def test_push_to_hub_uploads_the_card_and_never_writes_the_token(fake_hub, tmp_p
 def test_card_has_the_chatcore_table(tmp_path):
     from types import SimpleNamespace
 
-    from nanosft.config import NanoSFTConfig
-    from nanosft.hub import build_model_card
+    from nanosft.training.config import NanoSFTConfig
+    from nanosft.training.hub import build_model_card
 
     args = NanoSFTConfig(output_dir=str(tmp_path), model_name_or_path="karpathy/nanochat-d20", report_to="none")
     history = [{"loss": 1.0, "step": 1},

@@ -1,4 +1,4 @@
-"""The run report (nanosft/report.py) from a synthetic run folder with known numbers."""
+"""The run report (nanosft/report/report.py) from a synthetic run folder with known numbers."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nanosft.report import build_report, chatcore_table, load_log_history, write_report
+from nanosft.report.report import build_report, chatcore_table, load_log_history, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +68,7 @@ def test_report_has_the_tables_and_valid_pngs(run_dir):
 
 
 def test_chatcore_plot_title_mentions_step_0_only_with_a_base_model_point(tmp_path, monkeypatch):
-    from nanosft import report
+    from nanosft.report import report
 
     titles = {}
     monkeypatch.setattr(report, "_plot", lambda path, curves, ylabel, title, logy=False: titles.setdefault(

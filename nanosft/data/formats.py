@@ -16,7 +16,7 @@ One registry entry per format (``FORMATS``), each a converter from one source ro
   assistant ``python`` / ``python_output`` parts (nanochat/tokenizer.py), which such a row may already use.
 
 A system message (the row's own, or a dataset's ``system_prompt``) is merged into the first user turn by
-``nanosft.template.normalize_conversation``, as nanochat does.
+``nanosft.format.template.normalize_conversation``, as nanochat does.
 
 Files (``read_files``): ``.jsonl`` and ``.json`` (an array) are read with the standard ``json`` module, which
 knows the 1-based line of a bad JSON line and keeps each row exactly as written; ``.parquet`` and ``.csv`` go
@@ -27,14 +27,17 @@ error messages. Formats convert lazily: only the rows kept by ``max_rows`` are c
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import datasets
+
+from ..format.template import ConversationError
 from .tasks import DataSourceError, JsonlLines, LazyRows, Rows, require_file
-from .template import ConversationError
 
 ROLES = ("system", "user", "assistant")
 FILE_TYPES = (".jsonl", ".json", ".parquet", ".csv")
@@ -228,10 +231,6 @@ def _read_json_array(path: str) -> list:
 
 def _read_table(path: str) -> list:
     """Parquet or CSV rows through ``datasets``' packaged loaders; CSV cells as strings, empty ones as ""."""
-    import csv
-
-    import datasets
-
     kwargs = {}
     if path.endswith(".csv"):
         with open(path, encoding="utf-8-sig", newline="") as f:

@@ -3,7 +3,7 @@
 A mixture is a list of ``DatasetSpec`` (one YAML entry each). Each spec names a loader in ``LOADERS``
 (local ``data_dir`` or the Hugging Face Hub), may repeat for several ``epochs`` (nanochat repeats GSM8K
 4x and MMLU 3x; a fraction adds a seeded random part of the rows) and may be capped by ``max_rows``.
-User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of ``nanosft.formats``
+User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of ``nanosft.data.formats``
 (messages, sharegpt, alpaca, openai), and any dataset may carry a ``system_prompt:``. Everything is
 loaded, validated and rendered before the model is built, so a missing file or a malformed row fails in
 seconds, not after a model download. The mixture is shuffled once with ``random.Random(seed)``
@@ -26,10 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import partial
 
-from .errors import ConfigError, DataSourceError, DataValidationError
+import datasets
+
+from ..errors import ConfigError, DataSourceError, DataValidationError
+from ..format.template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
 from .formats import FIELD_KEYS, FORMATS, converter, read_files
-from .tasks import InvalidLine, LazyRows, Rows, gpteacher, gsm8k, identity, load_hub, position, spellingbee
-from .template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
+from .tasks import InvalidLine, LazyRows, Rows, arc, gpteacher, gsm8k, identity, load_hub, mmlu, position, spellingbee
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +75,6 @@ def _file_rows(split="train", data_dir=None, path=None) -> Rows:
 
 
 def _mmlu_messages(split="auxiliary_train", data_dir=None):
-    from .tasks import arc, mmlu
-
     if split != "auxiliary_train":
         return [p["messages"] for p in mmlu.load_problems(split, data_dir)]
     if data_dir is not None:
@@ -86,8 +86,6 @@ def _mmlu_messages(split="auxiliary_train", data_dir=None):
 
 
 def _arc_messages(split="train", data_dir=None, subset="ARC-Easy"):
-    from .tasks import arc
-
     return [p["messages"] for p in arc.load_problems(subset, split, data_dir)]
 
 
@@ -126,7 +124,7 @@ class DatasetSpec:
         path: for ``files``: a .jsonl, .json (array), .parquet or .csv file, a glob, or a list of them (also
             overrides the identity file).
         hub_id: dataset id for ``hub``.
-        format: row format of ``files`` / ``hub`` datasets, a key of ``nanosft.formats.FORMATS``.
+        format: row format of ``files`` / ``hub`` datasets, a key of ``nanosft.data.formats.FORMATS``.
         messages_field, role_field, content_field: rename the fields the format reads (e.g. ``conversations``,
             ``from``, ``value`` for sharegpt).
         role_map: source role name -> system/user/assistant, over the format's own names.
@@ -196,7 +194,7 @@ class DatasetSpec:
     @functools.cached_property
     def converter(self):
         """Row -> messages for this dataset's ``format``, field names, ``role_map`` and ``system_prompt``
-        (``nanosft.formats.converter``); raises ``ValueError`` for an unknown format, field or role."""
+        (``nanosft.data.formats.converter``); raises ``ValueError`` for an unknown format, field or role."""
         return converter(self.format, self.field_names, self.role_map, self.system_prompt)
 
     @property
@@ -377,8 +375,6 @@ def render_dataset(renderer: ChatRenderer, conversations: list, sources: list[st
         Dataset with ``input_ids`` (list[int]), ``assistant_masks`` (list[int], 0/1) and ``source``.
         ``renderer.stats`` then holds the truncation counts of this call, per source in ``by_source``.
     """
-    import datasets
-
     renderer.stats = RenderStats()
     ids, masks = [], []
     for i in range(0, len(conversations), chunk):

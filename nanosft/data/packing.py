@@ -28,6 +28,7 @@ import bisect
 import logging
 from itertools import chain
 
+import datasets
 import torch
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,6 @@ def pack_dataset(dataset, max_length: int, buffer_size: int = 100):
         one row, unpadded, <= max_length + 1 tokens) and ``seq_lengths`` (conversation lengths in the row).
         Logs the fill ratio (real tokens / slots).
     """
-    import datasets
-
     # [:] reads each Arrow column once into lists (indexing a datasets Column converts one row per call)
     ids, masks = dataset["input_ids"][:], dataset["assistant_masks"][:]
     lengths = [len(x) for x in ids]

@@ -51,7 +51,6 @@ import multiprocessing
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 import zlib
@@ -65,13 +64,11 @@ from datasets.fingerprint import Hasher
 from datasets.utils.tqdm import tqdm
 from huggingface_hub import HfApi
 
-from .checkpoint import write_json_atomic
-from .config import build_config, config_arg_parser, read_config_dict
-from .data import DatasetSpec, DataValidationError, iter_conversations, mixture_order
-from .errors import run_cli
+from ..files import write_json_atomic
+from ..format.template import CHAT_FORMAT_VERSION, ChatRenderer, RenderStats
+from ..format.tokenizer import ASSISTANT_END
+from .mixture import DataValidationError, DatasetSpec, iter_conversations, mixture_order
 from .packing import pack_best_fit, pack_best_fit_decreasing
-from .template import CHAT_FORMAT_VERSION, ChatRenderer, RenderStats
-from .tokenizer import ASSISTANT_END
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +80,7 @@ ROWS_FILE, META_FILE = "rows.arrow", "meta.json"
 # Local folder (under data_dir) each loader reads; a loader not listed here fingerprints the whole data_dir.
 LOCAL_FOLDERS = {"gsm8k": "gsm8k", "identity": "identity", "spellingbee": "words", "simplespelling": "words",
                  "gpteacher": "gpteacher", "mmlu": "mmlu", "arc": "arc"}
-# Hub dataset each loader reads without data_dir (nanosft/tasks/*.py, nanosft/data.py).
+# Hub dataset each loader reads without data_dir (nanosft/data/tasks/*.py, nanosft/data/mixture.py).
 HUB_IDS = {"gsm8k": "openai/gsm8k", "arc": "allenai/ai2_arc", "mmlu": "cais/mmlu",
            "gpteacher": "teknium/GPTeacher-General-Instruct", "smoltalk": "HuggingFaceTB/smol-smoltalk"}
 
@@ -627,32 +624,3 @@ def prepare_from_config(cfg, tokenizer, eval_split: bool = True) -> tuple[Prepar
         evaluation = prepare_rows([DatasetSpec.from_dict(d) for d in cfg.eval_datasets], cfg.data_dir, tokenizer,
                                   name="eval", check=False, **kw)
     return train, evaluation
-
-
-def main(argv=None) -> int:
-    """``python -m nanosft.prepare --config X [--set k=v ...]``: build (or find) the data cache of a config.
-
-    Under ``accelerate launch`` the local main process of each node builds first; the others then load.
-    Prints one line per process: rank, split, ``hit``/``built``, fingerprint, rows, cache folder.
-    """
-    parser = config_arg_parser("python -m nanosft.prepare", main.__doc__.split("\n")[0], "configs/d20.yaml, ...")
-    args = parser.parse_args(argv)
-
-    cfg = build_config(dict(read_config_dict(args.config, args.overrides)), args.config)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
-    from .train import load_tokenizer  # the recipe's tokenizer resolution, one definition
-
-    tokenizer = load_tokenizer(cfg)
-    with cfg.main_process_first(desc="prepare the data"):
-        train, evaluation = prepare_from_config(cfg, tokenizer)
-    for split, prep in (("train", train), ("eval", evaluation)):
-        if prep is not None:
-            print(f"rank {cfg.process_index}: {split} {prep.status} {prep.fingerprint} rows={len(prep.rows)} "
-                  f"fill={prep.packing['fill']:.4f} {prep.path}" + (f" ({prep.reason})" if prep.reason else ""),
-                  flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

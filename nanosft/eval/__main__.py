@@ -17,8 +17,15 @@ import os
 import sys
 import time
 
-from .errors import ConfigError, run_cli, use_cli_options
-from .pretrained import check_model_source
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..errors import ConfigError, run_cli, use_cli_options
+from ..files import write_json_atomic
+from ..models.pretrained import check_model_source, resolve_local_path
+from .chatcore import DEFAULT_TASK_SET, TASKS, TASK_SETS, require_sandbox, run_chatcore
+from .sandbox import WeakSandboxError
 
 # How this CLI's messages name the settings (nanosft/errors.py ``option``): its flags, not config keys.
 CLI_OPTIONS = {"data_dir": "--data-dir"}
@@ -37,16 +44,12 @@ def format_table(results: dict) -> str:
         if key in results:
             lines.append(f"{key:<14} {task_set or '':<12} {'':>10} {'':>9} {results[key]:>9.4f}")
     if task_set and not results.get("complete", True):
-        from .chatcore import TASK_SETS
-
         lines.append(f"partial: {len(results['tasks'])} of the {len(TASK_SETS[task_set])} tasks of set {task_set}; "
                      "no ChatCORE")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
-    from .chatcore import DEFAULT_TASK_SET, TASK_SETS
-
     p = argparse.ArgumentParser(prog="python -m nanosft.eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="checkpoint folder (AutoModelForCausalLM + AutoTokenizer)")
     p.add_argument("--tasks", default=DEFAULT_TASK_SET,
@@ -71,11 +74,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the results dict (also written as JSON)."""
-    from .chatcore import TASK_SETS, TASKS, require_sandbox, run_chatcore
-    from .checkpoint import write_json_atomic
-    from .config import resolve_local_path
-    from .sandbox import WeakSandboxError
-
     use_cli_options(CLI_OPTIONS)
     args = parse_args(argv)
     args.data_dir = resolve_local_path("--data-dir", args.data_dir, folder_only=True)
@@ -92,9 +90,6 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     check_model_source(args.model, "--model")
-    import torch  # heavy imports after the sandbox check
-    from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     state = PartialState()
     if layers and state.is_main_process:

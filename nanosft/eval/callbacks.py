@@ -22,6 +22,7 @@ import math
 
 import torch
 from transformers import TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from . import chatcore
 
@@ -89,7 +90,7 @@ def evaluate_bpb(model, batches, token_bytes: torch.Tensor, labels_shifted: bool
         model: HF causal LM; called as ``model(input_ids=..., [position_ids=..., attention_mask=...])``.
         batches: iterable of dicts with ``input_ids`` ``[B, T]``, and ``shift_labels`` or ``labels``
             ``[B, T]`` int64 holding the target of each input position (-100 = ignore); optional
-            ``position_ids``, ``attention_mask``. ``nanosft.packing.PackedCollator`` batches qualify.
+            ``position_ids``, ``attention_mask``. ``nanosft.data.packing.PackedCollator`` batches qualify.
         token_bytes: ``token_bytes(tokenizer, vocab)``.
         labels_shifted: ``labels`` already hold the next token of each position (True, as the packed
             collator); False for HF-style unshifted labels. Ignored when ``shift_labels`` is present.
@@ -297,8 +298,6 @@ class BitsPerByteCallback(_StashingCallback):
         self.shard = shard
 
     def _my_batches(self, batches):
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
         dist = torch.distributed
         if not (self.shard and dist.is_available() and dist.is_initialized()) or is_deepspeed_zero3_enabled():
             return batches

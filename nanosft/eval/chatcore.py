@@ -4,7 +4,7 @@
 |---|---|---|---|
 | ARC-Easy, ARC-Challenge, MMLU | categorical | 0.25 | argmax of the choice letters' logits after ``<|assistant_start|>`` |
 | GSM8K, SpellingBee | generative | 0 | ``#### N`` extracted by regex, commas stripped, exact match |
-| HumanEval | generative | 0 | first code block + imports + tests + ``check()`` run in ``nanosft.sandbox`` |
+| HumanEval | generative | 0 | first code block + imports + tests + ``check()`` run in ``nanosft.eval.sandbox`` |
 
 ChatCORE = mean over the tasks of a task set of ``(acc - baseline) / (1 - baseline)``; ``chatcore_cat``
 is the same over the set's categorical tasks. Two sets (``TASK_SETS``): ``nanosft6``, the six tasks above
@@ -32,6 +32,7 @@ Problems are dicts in nanochat's conversation form: ``{"messages": [user, assist
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -39,11 +40,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
+from ..data.tasks import arc, gsm8k, humaneval, mmlu, spellingbee
+from ..data.tasks.humaneval import build_program
+from ..format.template import ChatRenderer
+from ..format.tokenizer import ordinary_encoder
 from .engine import gathered_for_generation, generate_batch
 from .sandbox import execute_many, require_isolation
-from .template import ChatRenderer
-from .tokenizer import ordinary_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +79,6 @@ def score_humaneval(
         sandbox.WeakSandboxError: the sandbox has neither namespaces nor Landlock here and
             ``allow_weak_sandbox`` is False.
     """
-    from .tasks.humaneval import build_program
-
     require_isolation(allow_weak_sandbox)
     programs = [build_program(p, c) for p, c in zip(problems, completions)]
     results = execute_many(programs, max_workers=4, timeout=timeout, allow_weak=allow_weak_sandbox)
@@ -83,22 +87,16 @@ def score_humaneval(
 
 def _load_arc(subset):
     def load(split, data_dir):
-        from .tasks import arc
-
         return arc.load_problems(subset, split, data_dir)
 
     return load
 
 
 def _load_mmlu(split, data_dir):
-    from .tasks import mmlu
-
     return mmlu.load_problems(split, data_dir)
 
 
 def _load_gsm8k(split, data_dir):
-    from .tasks import gsm8k
-
     return [
         {"messages": gsm8k.to_conversation(row), "reference": extract_answer(row["answer"])}
         for row in gsm8k.load_rows(split, data_dir)
@@ -106,14 +104,10 @@ def _load_gsm8k(split, data_dir):
 
 
 def _load_humaneval(split, data_dir):
-    from .tasks import humaneval
-
     return humaneval.load_problems(split, data_dir)
 
 
 def _load_spellingbee(split, data_dir):
-    from .tasks import spellingbee
-
     words = spellingbee.load_words(data_dir)
     problems = []
     for i in range(SPELLINGBEE_SIZE):
@@ -316,8 +310,6 @@ def letter_token_ids(tokenizer, letters, encoder=None) -> list[int]:
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    import inspect
-
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -505,10 +497,7 @@ def run_chatcore(
         ValueError: an unknown task or task set.
         sandbox.WeakSandboxError: a task runs code, the sandbox is weak and ``allow_weak_sandbox`` is off.
     """
-    from accelerate import PartialState
-
     task_set, tasks = resolve_tasks(tasks)
-    from accelerate.utils import gather_object
 
     # an already-initialized state (a Trainer's) is shared; otherwise a CPU model under a launcher
     # must ask for cpu=True or accelerate reports a single process (accelerate/state.py)
@@ -531,8 +520,6 @@ def run_chatcore(
                     mine = list(mine)
                 bar = None
                 if progress and state.is_main_process:
-                    from tqdm.auto import tqdm
-
                     bar = tqdm(total=len(mine), desc=name, unit="problem")
                 passed = evaluate_task(
                     gen_model,

@@ -30,16 +30,10 @@ from collections import deque
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.integrations import is_deepspeed_zero3_enabled
+from trl.models import unwrap_model_for_generation
 
-from .tokenizer import (
-    ASSISTANT_END,
-    BOS,
-    OUTPUT_END,
-    OUTPUT_START,
-    PYTHON_END,
-    PYTHON_START,
-    special_token_ids,
-)
+from ..format.tokenizer import ASSISTANT_END, BOS, OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START, special_token_ids
 
 MAX_EXPR_CHARS = 1000
 _BINOPS = {
@@ -268,8 +262,6 @@ def gathered_for_generation(model, accelerator=None):
     copy of the weights per rank while it lasts. Not exercised by the CPU tests (no ZeRO-3 run here).
     """
     try:
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
         zero3 = is_deepspeed_zero3_enabled()
     except ImportError:
         zero3 = False
@@ -277,12 +269,10 @@ def gathered_for_generation(model, accelerator=None):
         yield model
         return
     if accelerator is not None:
-        from trl.models import unwrap_model_for_generation
-
         with unwrap_model_for_generation(model, accelerator) as unwrapped:
             yield unwrapped
         return
-    import deepspeed
+    import deepspeed  # heavy (CUDA ops); ZeRO-3 runs only
 
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         yield model

@@ -3,7 +3,7 @@
 A reward function maps one problem and one completion to a float:
 ``reward(problem: dict, completion: str) -> float``. ``problem`` is a dict in nanochat's
 conversation form (``{"messages": [user, assistant], "reference": "72", ...}``, see
-``nanosft.chatcore``); ``completion`` is the decoded text of the sampled tokens (tool calls and their
+``nanosft.eval.chatcore``); ``completion`` is the decoded text of the sampled tokens (tool calls and their
 outputs included, special tokens kept as text, e.g. ``<|python_start|>``, as nanochat decodes).
 
 Built in (``REWARDS``): ``gsm8k`` and ``spellingbee``, both 1.0 when the completion's final
@@ -23,8 +23,8 @@ import importlib
 from collections.abc import Callable
 from math import comb
 
+from ..data.tasks import spellingbee
 from .chatcore import extract_answer, get_task
-from .tasks import spellingbee
 
 RewardFn = Callable[[dict, str], float]
 
@@ -66,12 +66,12 @@ def load_rl_problems(task: str, split: str = "train", data_dir: str | None = Non
                      size: int | None = None) -> list[dict]:
     """Problems ``{"messages", "reference"}`` of ``task`` ("gsm8k" or "spellingbee") in file order.
 
-    GSM8K: all rows of the split (7,473 train / 1,319 test) via ``nanosft.chatcore``; ``size`` keeps the
+    GSM8K: all rows of the split (7,473 train / 1,319 test) via ``nanosft.eval.chatcore``; ``size`` keeps the
     first ``size``. SpellingBee is synthetic: examples 0..size-1 (default 256) of the split's draw stream
-    (``nanosft.tasks.spellingbee``).
+    (``nanosft.data.tasks.spellingbee``).
 
     Raises:
-        ValueError: an unknown task. ``nanosft.tasks.DataSourceError``: missing data files.
+        ValueError: an unknown task. ``nanosft.data.tasks.DataSourceError``: missing data files.
     """
     if task == "gsm8k":
         problems = get_task("GSM8K").load(split, data_dir)

@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -543,8 +544,6 @@ def execute_many(programs: list[str], max_workers: int = 4, **kwargs) -> list[Ex
     Raises:
         WeakSandboxError: as ``execute_code``.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if not programs:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(programs)))) as pool:

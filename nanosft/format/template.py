@@ -19,7 +19,7 @@ conversations (GSM8K, identity, GPTeacher, SpellingBee; ``bench/render.py``, one
 cores) that is ~4-5x faster than TRL's jinja + ``return_assistant_tokens_mask`` path (~1.2x with the
 Rust backend: HF's BPE encode, not jinja, is most of TRL's time).
 
-``CHAT_TEMPLATE`` is the same format in jinja with ``{% generation %}`` markers. It ships in every
+``tokenizer.CHAT_TEMPLATE`` is the same format in jinja with ``{% generation %}`` markers. It ships in every
 checkpoint so ``apply_chat_template`` works for serving (transformers, vLLM) and for TRL's
 ``assistant_only_loss``; for any conversation whose text holds no special-token strings it yields the
 same ids and mask as the renderer (a property test pins that), with one exception that nanochat data
@@ -46,6 +46,7 @@ from .tokenizer import (
     TIKTOKEN_SEPARATOR,
     USER_END,
     USER_START,
+    cached_tiktoken_encoding,
     ordinary_encoder,
     special_token_ids,
 )
@@ -53,48 +54,6 @@ from .tokenizer import (
 logger = logging.getLogger(__name__)
 
 PART_TYPES = ("text", "python", "python_output")
-
-# The same format in jinja. Every character it emits is inside {{ }}, so template whitespace never leaks.
-# Assistant parts accumulate in ns.run and are flushed as ONE generation block before each tool output and
-# at <|assistant_end|>: transformers maps a block's last character to the FIRST token that covers it, so a
-# block ending in a character of several byte tokens (an emoji) would lose its other tokens from the mask;
-# with maximal blocks, only a text part whose last character spans several tokens directly followed by a
-# python_output part (no python part between, which nanochat data never has) can still differ.
-CHAT_TEMPLATE = (
-    "{%- set ns = namespace(system='', text='', run='') -%}"
-    "{{- '" + BOS + "' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' or message['role'] == 'user' -%}"
-    "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
-    "{%- else -%}{%- set ns.text = '' -%}"
-    "{%- for part in message['content'] -%}{%- set ns.text = ns.text + part['text'] -%}{%- endfor -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.text + '\n\n' -%}"
-    "{%- else -%}{{- '" + USER_START + "' + ns.system + ns.text + '" + USER_END + "' -}}{%- set ns.system = '' -%}"
-    "{%- endif -%}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- '" + ASSISTANT_START + "' -}}"
-    "{%- if message['content'] is string -%}{%- set ns.run = message['content'] -%}"
-    "{%- else -%}{%- set ns.run = '' -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'python_output' -%}"
-    "{%- if ns.run -%}{% generation %}{{- ns.run -}}{% endgeneration %}{%- endif -%}"
-    "{%- set ns.run = '' -%}"
-    "{{- '" + OUTPUT_START + "' + part['text'] + '" + OUTPUT_END + "' -}}"
-    "{%- elif part['type'] == 'python' -%}"
-    "{%- set ns.run = ns.run + '" + PYTHON_START + "' + part['text'] + '" + PYTHON_END + "' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set ns.run = ns.run + part['text'] -%}"
-    "{%- else -%}{{- raise_exception('unknown assistant part type ' + part['type'] | string) -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{% generation %}{{- ns.run + '" + ASSISTANT_END + "' -}}{% endgeneration %}"
-    "{%- else -%}{{- raise_exception('unknown role ' + message['role'] | string + ': nanochat knows system, user, assistant') -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '" + ASSISTANT_START + "' -}}{%- endif -%}"
-)
-
 
 class ConversationError(ValueError):
     """A conversation that does not follow the nanochat format; the message says why."""
@@ -217,7 +176,7 @@ def parse_calculator_annotations(answer: str) -> list[dict]:
 
 
 # Version of the token layout ChatRenderer produces; bump it whenever rendering changes the ids or masks of
-# any conversation: prepared data caches (nanosft/prepare.py) are keyed by it.
+# any conversation: prepared data caches (nanosft/data/prepare.py) are keyed by it.
 CHAT_FORMAT_VERSION = 1
 
 
@@ -244,7 +203,7 @@ class ChatRenderer:
 
     Text pieces are encoded ordinarily (nanochat's ``encode_ordinary``): special-token strings typed in
     a message are plain text. Encoding uses tiktoken where it is provably the same BPE
-    (``nanosft.tokenizer.tiktoken_encoding``: the nanochat tokenizer, saved or not), else the
+    (``nanosft.format.tokenizer.tiktoken_encoding``: the nanochat tokenizer, saved or not), else the
     tokenizer's own Rust backend with ``encode_special_tokens=True``; ids are identical either way.
 
     Args:
@@ -260,8 +219,6 @@ class ChatRenderer:
     """
 
     def __init__(self, tokenizer, max_tokens: int | None = None, backend: str = "auto"):
-        from .tokenizer import cached_tiktoken_encoding
-
         if backend not in ("auto", "tiktoken", "tokenizers"):
             raise ValueError(f"backend must be 'auto', 'tiktoken' or 'tokenizers', got {backend!r}")
         self.tokenizer = tokenizer

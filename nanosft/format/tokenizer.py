@@ -29,6 +29,10 @@ import logging
 import os
 import weakref
 
+import tiktoken
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+
 logger = logging.getLogger(__name__)
 
 # Order matters: nanochat appends them after the BPE ranks in this order (nanochat/tokenizer.py).
@@ -46,6 +50,47 @@ SPECIAL_TOKENS = [
 BOS, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END = SPECIAL_TOKENS[:5]
 PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END = SPECIAL_TOKENS[5:]
 
+# The same format in jinja. Every character it emits is inside {{ }}, so template whitespace never leaks.
+# Assistant parts accumulate in ns.run and are flushed as ONE generation block before each tool output and
+# at <|assistant_end|>: transformers maps a block's last character to the FIRST token that covers it, so a
+# block ending in a character of several byte tokens (an emoji) would lose its other tokens from the mask;
+# with maximal blocks, only a text part whose last character spans several tokens directly followed by a
+# python_output part (no python part between, which nanochat data never has) can still differ.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='', text='', run='') -%}"
+    "{{- '" + BOS + "' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' or message['role'] == 'user' -%}"
+    "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
+    "{%- else -%}{%- set ns.text = '' -%}"
+    "{%- for part in message['content'] -%}{%- set ns.text = ns.text + part['text'] -%}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.text + '\n\n' -%}"
+    "{%- else -%}{{- '" + USER_START + "' + ns.system + ns.text + '" + USER_END + "' -}}{%- set ns.system = '' -%}"
+    "{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '" + ASSISTANT_START + "' -}}"
+    "{%- if message['content'] is string -%}{%- set ns.run = message['content'] -%}"
+    "{%- else -%}{%- set ns.run = '' -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'python_output' -%}"
+    "{%- if ns.run -%}{% generation %}{{- ns.run -}}{% endgeneration %}{%- endif -%}"
+    "{%- set ns.run = '' -%}"
+    "{{- '" + OUTPUT_START + "' + part['text'] + '" + OUTPUT_END + "' -}}"
+    "{%- elif part['type'] == 'python' -%}"
+    "{%- set ns.run = ns.run + '" + PYTHON_START + "' + part['text'] + '" + PYTHON_END + "' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set ns.run = ns.run + part['text'] -%}"
+    "{%- else -%}{{- raise_exception('unknown assistant part type ' + part['type'] | string) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{% generation %}{{- ns.run + '" + ASSISTANT_END + "' -}}{% endgeneration %}"
+    "{%- else -%}{{- raise_exception('unknown role ' + message['role'] | string + ': nanochat knows system, user, assistant') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '" + ASSISTANT_START + "' -}}{%- endif -%}"
+)
+
 
 def build_nanochat_tokenizer(tokenizer_dir: str):
     """Build a ``PreTrainedTokenizerFast`` from a nanochat tokenizer folder.
@@ -56,18 +101,13 @@ def build_nanochat_tokenizer(tokenizer_dir: str):
 
     Returns:
         A fast tokenizer with ``bos_token="<|bos|>"``, ``eos_token="<|assistant_end|>"``, no pad
-        token, and the nanochat chat template (``nanosft.template.CHAT_TEMPLATE``). Token ids equal
+        token, and the nanochat chat template (``CHAT_TEMPLATE``). Token ids equal
         tiktoken's ``encode_ordinary`` on text (checked in tests) and the special ids from the meta.
 
     Raises:
         FileNotFoundError: a file is missing (the message names it).
         ValueError: the special-token ids in the meta do not follow the BPE ranks in nanochat's order.
     """
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    from .template import CHAT_TEMPLATE
-
     rank_file = os.path.join(tokenizer_dir, "tokenizer.tiktoken")
     meta_file = os.path.join(tokenizer_dir, "tokenizer_meta.json")
     for path in (rank_file, meta_file):
@@ -118,8 +158,6 @@ def add_nanochat_special_tokens(tokenizer, model=None):
     Raises:
         ValueError: the tokenizer is not a fast tokenizer (the renderer needs the Rust backend).
     """
-    from .template import CHAT_TEMPLATE
-
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; nanosft needs a tokenizers backend.")
     vocab = tokenizer.get_vocab()
@@ -186,11 +224,6 @@ def tiktoken_encoding(tokenizer):
         Its special tokens are the tokenizer's added tokens plus ``TIKTOKEN_SEPARATOR`` (one id past
         the vocabulary; never a model input).
     """
-    try:
-        import tiktoken
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
-    except ImportError:
-        return None
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -284,8 +317,8 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(
-            f"tokenizer lacks the nanochat special tokens {missing}; call nanosft.tokenizer.add_nanochat_special_tokens "
-            "(train.py does it when `add_special_tokens: true`)."
+            f"tokenizer lacks the nanochat special tokens {missing}; call "
+            "nanosft.format.tokenizer.add_nanochat_special_tokens (train.py does it when `add_special_tokens: true`)."
         )
     return {t: vocab[t] for t in SPECIAL_TOKENS}
 

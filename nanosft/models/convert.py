@@ -6,7 +6,7 @@ Input: nanochat's ``base_checkpoints/<tag>/`` folder (``model_<step>.pt`` state 
 with ``model_config`` {sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd[, window_pattern]} and
 ``user_config``) and a nanochat tokenizer folder (``tokenizer.tiktoken`` + ``tokenizer_meta.json``, or nanochat's
 ``tokenizer.pkl``). Output: safetensors + config, the tokenizer with the nanochat chat template and special
-tokens, and the meta json (so ``nanosft.schedule`` can inherit the base LRs, T and batch sizes).
+tokens, and the meta json (so ``nanosft.optim.schedule`` can inherit the base LRs, T and batch sizes).
 
 Two generations of nanochat's GPT, told apart by the tensors and the meta (``checkpoint_generation``):
 
@@ -29,19 +29,22 @@ something else.
 
 from __future__ import annotations
 
-import argparse
+import base64
 import glob
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
-import sys
 import tempfile
 
 import torch
+from transformers import NanoChatConfig, NanoChatForCausalLM
 
-from .checkpoint import follow_umask
+from ..files import follow_umask
+from ..format.tokenizer import ASSISTANT_END, BOS, build_nanochat_tokenizer
+from .nanochat_gpt import NanoChatGPTConfig, NanoChatGPTForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +102,6 @@ def map_current_state_dict(state: dict[str, torch.Tensor], meta: dict) -> tuple[
         UnsupportedCheckpointError: naming every tensor that has no place (with its shape), every expected
             tensor that is missing, and every shape that disagrees with ``model_config``.
     """
-    from .models.nanochat_gpt import NanoChatGPTConfig
-
     mc = dict(meta.get("model_config") or meta)
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     n_layer, n_head = int(mc["n_layer"]), int(mc["n_head"])
@@ -119,8 +120,6 @@ def map_current_state_dict(state: dict[str, torch.Tensor], meta: dict) -> tuple[
         if config.has_value_embedding(i):
             pairs[f"value_embeds.{i}.weight"] = f"model.value_embeds.{i}.weight"
     with torch.device("meta"):
-        from .models.nanochat_gpt import NanoChatGPTForCausalLM
-
         expected = {k: tuple(v.shape) for k, v in NanoChatGPTForCausalLM(config).state_dict().items()}
     out, problems = {}, []
     for src, dst in pairs.items():
@@ -246,17 +245,13 @@ def find_tokenizer_dir(ckpt_dir: str, tokenizer_dir: str | None = None) -> str:
 
 
 def load_nanochat_tokenizer(tokenizer_dir: str):
-    """``nanosft.tokenizer.build_nanochat_tokenizer`` for a rank-file folder or nanochat's ``tokenizer.pkl``.
+    """``nanosft.format.tokenizer.build_nanochat_tokenizer`` for a rank-file folder or nanochat's ``tokenizer.pkl``.
 
     A pickled ``tiktoken.Encoding`` is written out as ``tokenizer.tiktoken`` + ``tokenizer_meta.json`` in a
     temporary folder first (ranks, split pattern and special-token ids are read from the Encoding).
     """
-    from .tokenizer import build_nanochat_tokenizer
-
     if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.tiktoken")):
         return build_nanochat_tokenizer(tokenizer_dir)
-    import base64
-    import pickle
 
     with open(os.path.join(tokenizer_dir, "tokenizer.pkl"), "rb") as f:
         enc = pickle.load(f)  # nanochat's own file (trusted input, as torch.load of the model)
@@ -283,11 +278,6 @@ def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tok
     Raises:
         UnsupportedCheckpointError: see ``map_state_dict``. FileNotFoundError: missing inputs.
     """
-    from transformers import NanoChatConfig, NanoChatForCausalLM
-
-    from .models.nanochat_gpt import NanoChatGPTForCausalLM
-    from .tokenizer import ASSISTANT_END, BOS
-
     step = find_step(ckpt_dir, step)
     meta_path = _step_file(ckpt_dir, "meta", "json", step)
     with open(meta_path, encoding="utf-8") as f:
@@ -320,29 +310,7 @@ def convert_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None, tok
     model.save_pretrained(out_dir)
     follow_umask(out_dir, ".safetensors")  # safetensors writes 0600 whatever the umask
     tokenizer.save_pretrained(out_dir)
-    shutil.copy(meta_path, os.path.join(out_dir, os.path.basename(meta_path)))  # base LRs for nanosft.schedule
+    shutil.copy(meta_path, os.path.join(out_dir, os.path.basename(meta_path)))  # base LRs for nanosft.optim.schedule
     logger.info("converted %s step %d (%s nanochat GPT) -> %s (%s, %d tensors, %s)", ckpt_dir, step, generation,
                 out_dir, model_cls.__name__, len(hf_state), torch_dtype)
     return out_dir
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanosft.convert", description=__doc__.split("\n")[0])
-    p.add_argument("ckpt_dir", help="nanochat checkpoint folder (model_<step>.pt, meta_<step>.json)")
-    p.add_argument("out_dir", help="output folder for the HF checkpoint")
-    p.add_argument("--step", type=int, default=None, help="step to convert (default: the latest)")
-    p.add_argument("--tokenizer-dir", default=None, help="nanochat tokenizer folder (default: searched)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights dtype (default: the checkpoint's)")
-    args = p.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        convert_checkpoint(args.ckpt_dir, args.out_dir, args.step, args.tokenizer_dir, args.dtype)
-    except (UnsupportedCheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,13 +15,14 @@ Every key is a ``peft.LoraConfig`` field (``task_type`` is always ``CAUSAL_LM``)
 Optimizer: with LoRA every trainable matrix is a low-rank factor (A: r x n, B: m x r, B starting at 0)
 or a token-row delta. Muon's orthogonalized update is built for full weight matrices - for B it would
 use a polar factor of a rank-r gradient and scale the LR by sqrt(m / r) (12x for SmolLM2's 576 x 4) -
-so ``optimizer: muon`` trains adapters with the AdamW groups of ``nanosft.muon.build_optimizer``
+so ``optimizer: muon`` trains adapters with the AdamW groups of ``nanosft.optim.muon.build_optimizer``
 instead (``adamw_matrix_lr`` in ``optimizer_kwargs`` sets their LR), with a warning. Full fine-tuning
 keeps Muon.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ def build_lora_config(peft_kwargs: dict, model, new_token_ids: list[int] | None 
     Raises:
         ValueError: ``lm_head`` among ``target_modules``; an unknown ``LoraConfig`` key (named).
     """
-    import dataclasses
-
-    from peft import LoraConfig
+    from peft import LoraConfig  # heavy; only runs with a `peft:` block need it
 
     kw = dict(peft_kwargs)
     known = {f.name for f in dataclasses.fields(LoraConfig)}

@@ -25,11 +25,21 @@ import importlib.util
 import logging
 import os
 
+import torch
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from transformers import AutoModelForCausalLM, AutoTokenizer, NanoChatConfig, NanoChatForCausalLM
 
-from .errors import MissingPathError
+from ..errors import ConfigError, MissingPathError
+from ..format.tokenizer import (
+    ASSISTANT_END,
+    BOS,
+    add_nanochat_special_tokens,
+    build_nanochat_tokenizer,
+    release_padding_idx,
+)
+from .convert import convert_checkpoint, find_tokenizer_dir, is_nanochat_checkpoint, load_nanochat_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,46 @@ def package_path(uri: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{uri}: {path} does not exist")
     return path
+
+
+def looks_like_local_path(value: str) -> bool:
+    """Whether ``value`` can only be a filesystem path, not a Hub id ``name`` or ``namespace/name``:
+    it starts with ``.``, ``/`` or ``~``, or has a backslash or more than one ``/``."""
+    return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1
+
+
+def resolve_local_path(key: str, value: str | None, folder_only: bool = False) -> str | None:
+    """``pkg://<package>/<path>`` -> the path inside the installed package; check that local paths exist.
+
+    Args:
+        key: the config key, named in errors.
+        value: the configured path (relative paths are relative to the working directory), or None.
+        folder_only: the value must be an existing folder (``data_dir``); otherwise a value that does not
+            look like a path (``looks_like_local_path``) is left to be read as a Hub id.
+
+    Returns:
+        ``value`` unchanged, or the resolved package path.
+
+    Raises:
+        ConfigError: one line naming the key and the missing path (and the working directory it was
+            resolved from), instead of a Hub repo-id validation error later.
+    """
+    if value is None:
+        return None
+    if value.startswith(PKG_SCHEME):
+        try:
+            return package_path(value)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    if os.path.exists(os.path.expanduser(value)):
+        if folder_only and not os.path.isdir(os.path.expanduser(value)):
+            raise ConfigError(f"{key}: {value} is a file, expected a folder")
+        return os.path.expanduser(value)
+    if folder_only or looks_like_local_path(value):
+        where = "" if os.path.isabs(value) else f" (relative to the working directory {os.getcwd()})"
+        what = "folder" if folder_only else "path"
+        raise ConfigError(f"{key}: {what} not found: {value}{where}")
+    return value
 
 
 def check_model_source(name: str | None, key: str = "model_name_or_path") -> None:
@@ -180,8 +230,6 @@ def init_from_equivalent_tokens(model, tokenizer, new_ids: list[int]) -> dict[st
     Returns:
         {new token: the token it was copied from}.
     """
-    import torch
-
     vocab = tokenizer.get_vocab()
     first_new = min(new_ids) if new_ids else len(tokenizer)
     emb = model.get_input_embeddings().weight
@@ -201,3 +249,59 @@ def init_from_equivalent_tokens(model, tokenizer, new_ids: list[int]) -> dict[st
     if copied:
         logger.info("new token rows copied from same-role tokens: %s", copied)
     return copied
+
+
+def load_tokenizer(cfg):
+    """The tokenizer named by the config, with the nanochat special tokens and chat template."""
+    # pkg://<package>/<file> and *.gguf paths (resolve_model_path); model_init_kwargs only for the model's own
+    path, kw = resolve_model_path(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+                                  None if cfg.tokenizer_name_or_path else cfg.model_init_kwargs)
+    if path and os.path.isfile(os.path.join(path, "tokenizer.tiktoken")):
+        return build_nanochat_tokenizer(path)
+    if not cfg.tokenizer_name_or_path and is_nanochat_checkpoint(cfg.model_name_or_path):
+        return load_nanochat_tokenizer(find_tokenizer_dir(cfg.model_name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kw.items() if k == "gguf_file"})
+    if cfg.add_special_tokens:
+        add_nanochat_special_tokens(tokenizer)
+    return tokenizer
+
+
+def load_model(cfg, tokenizer):
+    """The base model: fresh from ``model_config`` or ``from_pretrained(model_name_or_path)``.
+
+    The embeddings are resized to the tokenizer, ``padding_idx`` is released (every special token row
+    must train), and the generation config stops at ``<|assistant_end|>``.
+    """
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    if cfg.model_config is not None:
+        mc = dict(cfg.model_config)
+        mc.setdefault("vocab_size", len(tokenizer))
+        mc.setdefault("max_position_embeddings", cfg.max_length)
+        model = NanoChatForCausalLM(NanoChatConfig(pad_token_id=None, **mc)).to(dtype)
+    elif is_nanochat_checkpoint(cfg.model_name_or_path):  # nanochat base_checkpoints/<tag>: convert once
+        converted = os.path.join(cfg.output_dir, "_nanochat_base")  # "_*": never uploaded by the Hub push
+        with cfg.main_process_first(desc="convert the nanochat checkpoint"):
+            if cfg.process_index == 0 or not os.path.isfile(os.path.join(converted, "config.json")):
+                convert_checkpoint(cfg.model_name_or_path, converted,
+                                   tokenizer_dir=cfg.tokenizer_name_or_path if cfg.tokenizer_name_or_path
+                                   and not os.path.isfile(os.path.join(cfg.tokenizer_name_or_path, "tokenizer.json"))
+                                   else None)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+    else:
+        path, kw = resolve_model_path(cfg.model_name_or_path, cfg.model_init_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **{"dtype": dtype, **kw})
+        drop_gguf_quantizer(model)  # a dequantized GGUF: trainable and saveable once the marker is gone
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    if old_vocab < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        init_from_equivalent_tokens(model, tokenizer, list(range(old_vocab, len(tokenizer))))  # <|im_end|> -> ...
+    model.nanosft_new_token_ids = list(range(old_vocab, len(tokenizer)))  # LoRA trains these rows (models/lora.py)
+    release_padding_idx(model)
+    end_id, bos_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END), tokenizer.convert_tokens_to_ids(BOS)
+    model.config.bos_token_id = bos_id
+    model.config.eos_token_id = end_id
+    model.generation_config.bos_token_id = bos_id
+    model.generation_config.eos_token_id = end_id
+    model.generation_config.pad_token_id = bos_id  # generate() needs one; only used to fill finished rows
+    model.config.use_cache = True  # for serving; compute_loss passes use_cache=False in training
+    return model

@@ -500,7 +500,7 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
       says so).
 
     Every LR is then multiplied by ``init_lr_frac`` (0.8, chat_sft.py) here, and stored as both
-    ``lr`` and ``initial_lr``; :func:`nanosft.schedule.build_scheduler` multiplies ``initial_lr``.
+    ``lr`` and ``initial_lr``; :func:`nanosft.optim.schedule.build_scheduler` multiplies ``initial_lr``.
     ``optimizer="adamw"`` returns ``torch.optim.AdamW`` with the same groups; its "matrix" group
     uses ``adamw_matrix_lr`` (default: ``unembedding_lr``, the AdamW LR nanochat gives the other
     dense matrix), scaled like the other AdamW LRs, and ``weight_decay``.
@@ -594,7 +594,7 @@ def prepare_deepspeed_muon(model: nn.Module, ds_config: dict, **build_kwargs):
         ValueError: ds_config has an ``optimizer`` block, or an explicit positive
         ``gradient_clipping``, or ZeRO-3 with ``reduce_scatter: true`` set explicitly.
     """
-    from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam
+    from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam  # heavy (CUDA ops); DeepSpeed runs only
 
     config = {**ds_config, "zero_optimization": dict(ds_config.get("zero_optimization", {}))}
     if "optimizer" in config:

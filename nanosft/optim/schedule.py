@@ -5,7 +5,7 @@
   a value set in the SFT config overrides either. Each choice is logged, so a run says where
   every LR came from.
 - How: every LR starts at ``init_lr_frac`` (0.8) of that value - applied once by
-  ``nanosft.muon.build_optimizer`` - then follows one multiplier for all groups: linear warmup
+  ``nanosft.optim.muon.build_optimizer`` - then follows one multiplier for all groups: linear warmup
   over ``warmup_ratio`` (0 in SFT), constant, then linear warmdown to ``final_lr_frac`` (0) over
   the last ``warmdown_ratio`` (0.5) of the run.
 

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import torch
 from torch import Tensor, nn
+from transformers import Trainer
 
 from .muon import NANOCHAT_GPT_ADAMW_GROUPS, is_nanochat_gpt, normuon_dim
 
@@ -50,7 +51,6 @@ def _hf_saved_states(sd: dict, model: nn.Module | None) -> dict[str, dict]:
             names += list(zip(g["params"], g["param_names"]))
     elif model is not None:
         # transformers' default optimizer: [decayed params, the rest], each in model order.
-        from transformers import Trainer
         decay = set(Trainer.get_decay_parameter_names(None, model))
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         order = [n for n in trainable if n in decay] + [n for n in trainable if n not in decay]

@@ -24,13 +24,14 @@ Trade-off: matplotlib import + 4 PNGs cost ~1-2 s per run; plots are small (6 x 
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
 import os
 import re
 import statistics
+
+from ..eval.chatcore import TASKS, TASK_SETS, metric_key, split_metric_key, task_cap
 
 CONFIG_KEYS = ("model_name_or_path", "model_config", "tokenizer_name_or_path", "max_length",
                "per_device_train_batch_size", "gradient_accumulation_steps", "total_batch_size", "max_steps",
@@ -71,8 +72,6 @@ def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
 def _aggregates(d: dict, task_set: str | None = None) -> dict:
     """The ChatCORE aggregates of a results dict or log entry, keyed with their set
     (``chatcore_metric/nanochat``; a record without a set keeps its bare key)."""
-    from .chatcore import metric_key, split_metric_key
-
     out = {}
     for key, value in d.items():
         parsed = split_metric_key(key)
@@ -106,8 +105,6 @@ def chatcore_from_log(log_history: list[dict]) -> dict:
 
 
 def _cap(task: str, config: dict) -> int | None:
-    from .chatcore import TASKS, task_cap
-
     if task not in TASKS:  # a task this version does not know: the generative cap, as before
         return config.get("chatcore_max_generative")
     return task_cap(task, config.get("chatcore_max_categorical"), config.get("chatcore_max_generative"))
@@ -134,7 +131,6 @@ def chatcore_table(before: dict, after: dict, config: dict | None = None) -> lis
             if n:
                 noise = f"{math.sqrt((b * (1 - b) + a * (1 - a)) / n):.4f}"
         lines.append(f"| {t} | {n or '-'} | {fmt(b)} | {fmt(a)} | {change} | {noise} |")
-    from .chatcore import TASK_SETS, split_metric_key
 
     aggregates = [k for k in dict.fromkeys([*after, *before]) if split_metric_key(k) is not None]
     for key in sorted(aggregates, key=lambda k: (split_metric_key(k)[1] or "", k)):
@@ -155,7 +151,7 @@ def _plot(path: str, curves: list[tuple[str, list, list]], ylabel: str, title: s
     curves = [c for c in curves if c[1]]
     if not curves:
         return None
-    import matplotlib
+    import matplotlib  # heavy (~1 s); only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,7 +182,6 @@ def make_plots(run_dir: str, log_history: list[dict], before: dict) -> dict[str,
                       "learning rate (first group)", "Learning rate")
     bpb = [(k, *series(log_history, k)) for k in ("val_bpb", "eval_bpb")]
     out["val_bpb"] = _plot(os.path.join(run_dir, "val_bpb.png"), bpb, "bits per byte", "Validation bits per byte")
-    from .chatcore import split_metric_key
 
     keys = sorted({k for h in log_history for k in h if k.startswith("chatcore/")} | {f"chatcore/{t}" for t in before.get("tasks", {})})
     aggregates = sorted({k for h in log_history for k in h if split_metric_key(k)}
@@ -327,17 +322,3 @@ def write_report(run_dir: str) -> str:
         f.write(text)
     os.replace(tmp, path)
     return path
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanosft.report", description=__doc__.split("\n")[0])
-    p.add_argument("run_dir", help="a run's output_dir (holds metrics.json / checkpoint-*/trainer_state.json)")
-    args = p.parse_args(argv)
-    if not os.path.isdir(args.run_dir):
-        p.error(f"not a folder: {args.run_dir}")
-    print(write_report(args.run_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

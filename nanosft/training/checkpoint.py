@@ -27,9 +27,16 @@ import logging
 import os
 import re
 import shutil
-import tempfile
+import sys
 
-from .errors import ConfigError, MissingPathError
+import accelerate
+import torch
+import transformers
+import trl
+
+from .. import __version__
+from ..errors import ConfigError, MissingPathError
+from ..files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -257,13 +264,11 @@ def checkpoint_record(trainer, run_config: dict | None = None) -> dict:
         run_config: the resolved YAML config dict; None falls back to ``trainer.args.to_dict()``
             (which transformers already masks for ``*_token`` keys).
     """
-    from .train import versions
-
     state = trainer.state
     metrics = latest_metrics(state.log_history)
     tokens = getattr(trainer, "_tokens_seen", [0, 0])
     return {
-        "stage": getattr(trainer, "stage", "sft"),  # "rl" for NanoRLTrainer (nanosft/rl_trainer.py)
+        "stage": getattr(trainer, "stage", "sft"),  # "rl" for NanoRLTrainer (nanosft/training/rl_trainer.py)
         "source_checkpoint": getattr(trainer, "base_model_path", None),  # the model this run started from
         "global_step": state.global_step,
         "max_steps": state.max_steps,
@@ -278,38 +283,10 @@ def checkpoint_record(trainer, run_config: dict | None = None) -> dict:
     }
 
 
-def umask_mode(mode: int = 0o666) -> int:
-    """``mode`` less the process umask: what ``open()`` gives a new file (``mkstemp`` always gives 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
-
-
-def follow_umask(folder: str, suffix: str) -> None:
-    """Give the files of ``folder`` ending in ``suffix`` the mode ``umask_mode()`` (e.g. ``*.safetensors``,
-    which safetensors 0.8 writes with mode 0600 whatever the umask)."""
-    mode = umask_mode()
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if name.endswith(suffix) and os.path.isfile(path):
-            os.chmod(path, mode)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON (``default=str``) via a temp file in the same folder and
-    ``os.replace``, so a reader never sees half a file; the temp file is removed on any error.
-    The file gets the permissions of an ordinary new file (0666 less the umask), not ``mkstemp``'s 0600."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        os.fchmod(fd, umask_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def versions() -> dict:
+    """Versions of the libraries a run depends on."""
+    return {"nanosft": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "accelerate": accelerate.__version__, "python": sys.version.split()[0]}
 
 
 def write_record(folder: str, record: dict) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import enum
 import functools
 import os
@@ -28,11 +29,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import yaml
 from trl import SFTConfig
 
-from .errors import ConfigError, MissingPathError
-from .pretrained import PKG_SCHEME, package_path
+from ..data.mixture import DatasetSpec
+from ..errors import ConfigError, MissingPathError
+from ..eval.chatcore import resolve_tasks
+from ..models.pretrained import resolve_local_path
 
 
 __all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse_overrides", "read_config_dict",
@@ -79,7 +83,7 @@ class NanoSFTConfig(SFTConfig):
     mixture_seed: int = field(default=42, metadata={"help": "Seed of the mixture shuffle (nanochat: 42)."})
     data_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Folder of the rendered and packed data cache (nanosft/prepare.py). "
+        metadata={"help": "Folder of the rendered and packed data cache (nanosft/data/prepare.py). "
                   "None: <output_dir>/_data_cache."},
     )
     # --- packing ---
@@ -113,7 +117,7 @@ class NanoSFTConfig(SFTConfig):
     warmdown_ratio: float = field(default=0.5, metadata={"help": "Fraction of the run over which LR decays linearly."})
     final_lr_frac: float = field(default=0.0, metadata={"help": "LR at the end, as a fraction of the initial LR."})
     optimizer_kwargs: dict | None = field(
-        default=None, metadata={"help": "Extra kwargs for nanosft.muon.build_optimizer (momentum, normuon, ...)."}
+        default=None, metadata={"help": "Extra kwargs for nanosft.optim.muon.build_optimizer (momentum, normuon, ...)."}
     )
     load_optimizer: bool = field(
         default=True, metadata={"help": "Warm-start optimizer state (momentum) from the base checkpoint if present."}
@@ -154,8 +158,6 @@ class NanoSFTConfig(SFTConfig):
 
     def __post_init__(self):
         if self.bf16 is None:
-            import torch
-
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if self.attention not in ("document", "causal"):
             raise ConfigError(f"attention: must be 'document' or 'causal', got {self.attention!r}")
@@ -180,47 +182,6 @@ class NanoSFTConfig(SFTConfig):
                     f" * max_length * world_size = {per_step}"
                 )
             self.gradient_accumulation_steps = self.total_batch_size // per_step
-
-
-def looks_like_local_path(value: str) -> bool:
-    """Whether ``value`` can only be a filesystem path, not a Hub id ``name`` or ``namespace/name``:
-    it starts with ``.``, ``/`` or ``~``, or has a backslash or more than one ``/``."""
-    return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1
-
-
-def resolve_local_path(key: str, value: str | None, folder_only: bool = False) -> str | None:
-    """``pkg://<package>/<path>`` -> the path inside the installed package; check that local paths exist.
-
-    Args:
-        key: the config key, named in errors.
-        value: the configured path (relative paths are relative to the working directory), or None.
-        folder_only: the value must be an existing folder (``data_dir``); otherwise a value that does not
-            look like a path (``looks_like_local_path``) is left to be read as a Hub id.
-
-    Returns:
-        ``value`` unchanged, or the resolved package path.
-
-    Raises:
-        ConfigError: one line naming the key and the missing path (and the working directory it was
-            resolved from), instead of a Hub repo-id validation error later.
-    """
-    if value is None:
-        return None
-    if value.startswith(PKG_SCHEME):
-        try:
-            return package_path(value)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{key}: {e}") from None
-    if os.path.exists(os.path.expanduser(value)):
-        if folder_only and not os.path.isdir(os.path.expanduser(value)):
-            raise ConfigError(f"{key}: {value} is a file, expected a folder")
-        return os.path.expanduser(value)
-    if folder_only or looks_like_local_path(value):
-        where = "" if os.path.isabs(value) else f" (relative to the working directory {os.getcwd()})"
-        what = "folder" if folder_only else "path"
-        raise ConfigError(f"{key}: {what} not found: {value}{where}")
-    return value
-
 
 
 def config_arg_parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
@@ -296,15 +257,11 @@ def validate_dict(d: dict, source: str = "config", cls=NanoSFTConfig) -> None:
     """Reject unknown keys and wrong types, naming the key and ``source``.
 
     ``cls`` is the config dataclass whose fields are the known keys (``NanoSFTConfig``, or a subclass
-    such as ``nanosft.rl_trainer.NanoRLConfig``).
+    such as ``nanosft.training.rl_trainer.NanoRLConfig``).
 
     Raises:
         ConfigError: e.g. ``"configs/x.yaml: unknown key 'learning_rte' (did you mean 'learning_rate'?)"``.
     """
-    import difflib
-
-    from .data import DatasetSpec
-
     fields = _fields(cls)
     for key, value in d.items():
         if key not in fields:
@@ -320,8 +277,6 @@ def validate_dict(d: dict, source: str = "config", cls=NanoSFTConfig) -> None:
         for i, spec in enumerate(d.get(key) or []):
             DatasetSpec.from_dict(spec, where=f"{source}: {key}[{i}]")
     if d.get("chatcore_tasks") is not None:
-        from .chatcore import resolve_tasks
-
         try:
             resolve_tasks(d["chatcore_tasks"])
         except ValueError as e:

@@ -11,13 +11,16 @@ The token: a ``hub_token`` given in the config would be pickled into every ``tra
 (``torch.save(self.args)``) and copied into the run records. ``hide_token`` moves it to the
 ``HF_TOKEN`` environment variable of this process before the Trainer is built - ``huggingface_hub``
 reads it from there for every call - and clears it from the arguments; records redact ``*_token``
-keys (``nanosft.checkpoint.redact``). Trade-off: child processes of the run inherit ``HF_TOKEN``.
+keys (``nanosft.training.checkpoint.redact``). Trade-off: child processes of the run inherit ``HF_TOKEN``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+
+from ..eval import chatcore
+from .checkpoint import chatcore_results, latest_metrics, versions
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +59,6 @@ def chatcore_table(metrics: dict) -> list[str]:
     Each task row gives the accuracy and the centered score (acc - baseline) / (1 - baseline), with
     baseline 0.25 for ARC/MMLU and 0 for generative tasks (nanochat). Empty list if no ChatCORE ran.
     """
-    from . import chatcore
-    from .checkpoint import chatcore_results
-
     tasks = chatcore_results(metrics)
     if not tasks:
         return []
@@ -90,9 +90,6 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
     Returns:
         The card text. It never contains the Hub token (the config is not dumped, only named keys).
     """
-    from .checkpoint import latest_metrics
-    from .train import versions
-
     args = trainer.args
     state = trainer.state
     base = _base_model(trainer)
@@ -102,7 +99,7 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
     tokens = getattr(trainer, "_tokens_seen", [0, 0])
     world = getattr(args, "world_size", 1)
     rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-    rl = getattr(trainer, "stage", "sft") == "rl"  # NanoRLTrainer (nanosft/rl_trainer.py)
+    rl = getattr(trainer, "stage", "sft") == "rl"  # NanoRLTrainer (nanosft/training/rl_trainer.py)
     all_tags = ["nanosft", "nanochat", "rl" if rl else "sft", "trl", "chat"] + [t for t in (tags or []) if t]
     is_hub_id = bool(base) and not os.path.isdir(str(base))
     header = ["---", "library_name: transformers", "pipeline_tag: text-generation"]

@@ -18,7 +18,7 @@ be rebuilt around it. So this is a small subclass of ``NanoSFTTrainer`` that rep
   rank r the batches r, r + W, ...: each rank takes every W-th problem, as nanochat's
   ``range(rank, len(task), world_size)``, and every optimizer step consumes ``examples_per_step``
   consecutive problems over all ranks.
-- ``training_step``: sample ``num_samples`` completions of the problem with ``nanosft.engine``
+- ``training_step``: sample ``num_samples`` completions of the problem with ``nanosft.eval.engine``
   (KV cache, calculator tool) in batches of ``device_batch_size``, seeded by
   ``rollout_seed(seed, step, problem, batch)``; reward them; advantage = reward - mean reward of the
   problem (no std division); then one forward/backward per batch of ``device_batch_size`` samples with
@@ -40,13 +40,18 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
+from datasets import Dataset
 from torch.utils.data import SequentialSampler
-from .callbacks import _StashingCallback
+from tqdm.auto import tqdm
+
+from ..eval.callbacks import _StashingCallback
+from ..eval.chatcore import renderer_for
+from ..eval.engine import CalculatorToolProcessor, gathered_for_generation, generate_batch
+from ..eval.rewards import pass_at_k, pass_at_k_unbiased
+from ..format.tokenizer import ASSISTANT_END, PYTHON_START, special_token_ids
+from ..optim.schedule import lr_multiplier
 from .config import ConfigError, NanoSFTConfig
-from .engine import CalculatorToolProcessor, gathered_for_generation, generate_batch
-from .rewards import pass_at_k, pass_at_k_unbiased
-from .schedule import lr_multiplier
-from .tokenizer import ASSISTANT_END, PYTHON_START, special_token_ids
 from .trainer import NanoSFTTrainer
 
 logger = logging.getLogger(__name__)
@@ -211,14 +216,10 @@ class NanoRLTrainer(NanoSFTTrainer):
         train_dataset: rows ``{"problem_index": i}``, one per problem (built from ``problems`` if None).
     """
 
-    stage = "rl"  # recorded in every checkpoint (nanosft/checkpoint.py)
+    stage = "rl"  # recorded in every checkpoint (nanosft/training/checkpoint.py)
 
     def __init__(self, model, args, problems: list[dict], reward_fn, processing_class=None, callbacks=None,
                  base_model_path: str | None = None, train_dataset=None, **kwargs):
-        from datasets import Dataset
-
-        from .chatcore import renderer_for
-
         if train_dataset is None:
             train_dataset = Dataset.from_dict({"problem_index": list(range(len(problems)))})
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
@@ -331,8 +332,6 @@ class NanoRLTrainer(NanoSFTTrainer):
         """``NanoSFTTrainer.train`` with a "sampling" progress bar over problems (main process, tqdm on)."""
         show = self.is_world_process_zero() and not self.args.disable_tqdm
         if show:
-            from tqdm.auto import tqdm
-
             self._sampling_bar = tqdm(desc="sampling (problems)", unit="problem", position=1, leave=False)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
@@ -373,10 +372,6 @@ class PassAtKCallback(_StashingCallback):
 
     def evaluate(self, model, tokenizer, step: int, rank: int = 0, world: int = 1, show: bool = False) -> dict:
         """The metrics at ``step`` (this rank's share of the problems; gathered when ``self.accelerator``)."""
-        from tqdm.auto import tqdm
-
-        from .chatcore import renderer_for
-
         render = renderer_for(tokenizer).render_for_completion
         mine = list(range(rank, len(self.problems), world))
         local = []
@@ -391,8 +386,6 @@ class PassAtKCallback(_StashingCallback):
             local.append((i, rewards))
         model.train(was_training)
         if world > 1:
-            from accelerate.utils import gather_object
-
             local = gather_object(local)
         local.sort()
         outcomes = [[r > 0 for r in rewards] for _, rewards in local]

@@ -10,19 +10,19 @@ Each override changes one TRL/transformers behaviour, for one reason:
   dominate a small model's step), summed, and divided by the number of supervised tokens of the whole
   optimizer step: all micro-batches and all ranks (``num_items_in_batch``, which the Trainer gathers
   across ranks). TRL's fused lm-head path costs ~2x on CPU (hf-integration.md).
-- ``create_optimizer``: ``nanosft.muon.build_optimizer`` (Muon on block matrices, AdamW on embeddings,
+- ``create_optimizer``: ``nanosft.optim.muon.build_optimizer`` (Muon on block matrices, AdamW on embeddings,
   lm_head and scalars) through ``optimizer_cls_and_kwargs``; warm start from the base checkpoint.
-- ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.schedule``).
+- ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.optim.schedule``).
 - ``log``: adds tokens/s and supervised tokens/s (TRL's ``num_tokens`` counts ``position_ids.size(1)``
   without an attention mask, undercounting a multi-row batch).
 - ``_save_checkpoint`` (+ ``_get_output_dir``, ``_push_from_checkpoint``): atomic checkpoints - the
   Trainer writes into ``tmp-checkpoint-<step>/``, which is renamed to ``checkpoint-<step>`` once
-  complete, with ``nanosft_state.json`` and the model card inside (``nanosft/checkpoint.py``); a kill
+  complete, with ``nanosft_state.json`` and the model card inside (``nanosft/training/checkpoint.py``); a kill
   mid-save never leaves a ``checkpoint-*`` folder that resume would pick. ``_load_rng_state`` also
   restores the token counters from that record on resume.
-- ``create_model_card``: nanosft's card (``nanosft/hub.py``) instead of TRL's.
+- ``create_model_card``: nanosft's card (``nanosft/training/hub.py``) instead of TRL's.
 - ``_save``: the weight files get the permissions of ordinary new files (0666 less the umask);
-  safetensors 0.8 creates them 0600 (``nanosft.checkpoint.follow_umask``).
+  safetensors 0.8 creates them 0600 (``nanosft.files.follow_umask``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,18 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers.trainer_utils import rotate_checkpoints
 from trl import SFTTrainer
 
-from .packing import IGNORE_INDEX, PackedCollator
-from .tokenizer import BOS
+from ..data.packing import IGNORE_INDEX, PackedCollator
+from ..files import follow_umask
+from ..format.tokenizer import BOS
+from ..optim.muon import DEEPSPEED_MUON_KEYS, build_optimizer, prepare_deepspeed_muon
+from ..optim.schedule import build_scheduler
+from ..optim.warm_start import load_warm_start
+from . import checkpoint as ckpt
+from .checkpoint import read_record
+from .hub import hide_token, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +54,8 @@ class NanoSFTTrainer(SFTTrainer):
 
     Args:
         model: a ``PreTrainedModel`` (or a PEFT model), already carrying the nanochat special tokens.
-        args: ``nanosft.config.NanoSFTConfig``.
-        train_dataset: packed rows from ``nanosft.packing.pack_dataset``.
+        args: ``nanosft.training.config.NanoSFTConfig``.
+        train_dataset: packed rows from ``nanosft.data.packing.pack_dataset``.
         eval_dataset: packed rows, or None.
         processing_class: the tokenizer (saved with every checkpoint).
         callbacks, peft_config: as in ``trl.SFTTrainer``.
@@ -73,7 +81,6 @@ class NanoSFTTrainer(SFTTrainer):
             flatten="flash" in attn,
         )
         self.base_model_path = base_model_path
-        from .hub import hide_token
 
         hide_token(args)  # before Trainer.__init__ pickles or uses args: the token lives in HF_TOKEN only
         super().__init__(
@@ -143,20 +150,16 @@ class NanoSFTTrainer(SFTTrainer):
         Under DeepSpeed this runs only when the DS config has no "optimizer" block (ds_configs/ have none):
         ``optimizer: adamw`` gives the same grouped torch AdamW (ZeRO accepts a client torch optimizer);
         ``optimizer: muon`` gives DeepSpeed's own Muon with nanochat's groups
-        (``nanosft.muon.prepare_deepspeed_muon``: ZeRO hands client optimizers flat 1-D shards).
+        (``nanosft.optim.muon.prepare_deepspeed_muon``: ZeRO hands client optimizers flat 1-D shards).
         """
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             if self.is_deepspeed_enabled and self.args.optimizer == "muon":
                 self.optimizer = self._deepspeed_muon()
             else:
-                from .muon import build_optimizer
-
                 self.optimizer_cls_and_kwargs = (build_optimizer, optimizer_kwargs(self.args, self.model))
         optimizer = super().create_optimizer(model)
         if (self.args.load_optimizer and self.base_model_path and not self._resuming
                 and not getattr(self, "_warm_started", False)):
-            from .warm_start import load_warm_start
-
             self._warm_started = load_warm_start(optimizer, self.base_model_path, model=self.model)
         return optimizer
 
@@ -167,8 +170,6 @@ class NanoSFTTrainer(SFTTrainer):
         Raises:
             ValueError: from ``prepare_deepspeed_muon`` when clipping is on (set ``max_grad_norm: 0``).
         """
-        from .muon import DEEPSPEED_MUON_KEYS, prepare_deepspeed_muon
-
         ds_config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
         kw = {k: v for k, v in optimizer_kwargs(self.args, self.model).items() if k in DEEPSPEED_MUON_KEYS}
         optimizer, fixed = prepare_deepspeed_muon(self.model, ds_config, **kw)
@@ -183,8 +184,6 @@ class NanoSFTTrainer(SFTTrainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """nanochat's schedule: warmup, constant, linear warmdown to ``final_lr_frac``."""
         if self.lr_scheduler is None:
-            from .schedule import build_scheduler
-
             self.lr_scheduler = build_scheduler(
                 optimizer or self.optimizer,
                 num_training_steps,
@@ -207,14 +206,12 @@ class NanoSFTTrainer(SFTTrainer):
             self._tok_clock = (now, *self._tokens_seen)
         super().log(logs, start_time)
 
-    # ----- checkpoints, records and the model card (nanosft/checkpoint.py, nanosft/hub.py) -----
+    # ----- checkpoints, records and the model card (nanosft/training/checkpoint.py, nanosft/training/hub.py) -----
     run_config: dict | None = None  # the resolved YAML config (train.py sets it); recorded in checkpoints
     _ckpt_staging: str | None = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The Trainer's model save, then ``follow_umask`` on the written ``*.safetensors`` files."""
-        from .checkpoint import follow_umask
-
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             follow_umask(output_dir if output_dir is not None else self.args.output_dir, ".safetensors")
@@ -230,11 +227,6 @@ class NanoSFTTrainer(SFTTrainer):
         adds ``nanosft_state.json`` and ``README.md``; after a barrier it ``os.replace``s the folder to
         ``<run_dir>/checkpoint-<step>``; rotation (``save_total_limit``) and the Hub push follow the rename.
         """
-        from transformers.trainer_utils import rotate_checkpoints
-
-        from . import checkpoint as ckpt
-        from .hub import write_model_card
-
         run_dir = super()._get_output_dir(trial)
         step = self.state.global_step
         root = ckpt.staging_root(run_dir, step)
@@ -270,7 +262,6 @@ class NanoSFTTrainer(SFTTrainer):
     def _load_rng_state(self, checkpoint) -> None:
         """Also restore the cumulative token counters from the checkpoint's ``nanosft_state.json``."""
         super()._load_rng_state(checkpoint)
-        from .checkpoint import read_record
 
         record = read_record(checkpoint) if checkpoint else None
         if record and record.get("tokens_seen"):
@@ -278,23 +269,22 @@ class NanoSFTTrainer(SFTTrainer):
             self._tok_clock = (time.perf_counter(), *self._tokens_seen)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        """Write nanosft's card (``nanosft.hub.build_model_card``) to ``output_dir/README.md``, main process only.
+        """Write nanosft's card (``nanosft.training.hub.build_model_card``) to ``output_dir/README.md``, main process only.
 
         Replaces TRL's card, which knows nothing of the recipe; the Trainer calls this before each
         checkpoint save and in ``push_to_hub`` (``kwargs`` such as ``language``/``license`` are ignored).
         """
         if not self.is_world_process_zero():
             return
-        from .hub import write_model_card
 
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         write_model_card(self.args.output_dir, self, model_name=model_name, tags=tags)
 
 
 def optimizer_kwargs(args, model) -> dict:
-    """Keyword arguments for ``nanosft.muon.build_optimizer`` from a ``NanoSFTConfig``.
+    """Keyword arguments for ``nanosft.optim.muon.build_optimizer`` from a ``NanoSFTConfig``.
 
-    LRs left as None are filled by ``nanosft.schedule.resolve_learning_rates`` in ``train.py``; here
+    LRs left as None are filled by ``nanosft.optim.schedule.resolve_learning_rates`` in ``train.py``; here
     None means "use build_optimizer's nanochat default". ``init_lr_frac`` scales every group.
     """
     kw = {

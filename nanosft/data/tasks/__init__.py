@@ -16,7 +16,9 @@ import json
 import os
 from array import array
 
-from ..errors import DataSourceError, option
+import datasets
+
+from ...errors import DataSourceError, option
 
 __all__ = ["DataSourceError", "InvalidLine", "JsonlLines", "LazyRows", "Rows", "load_hub", "position", "read_jsonl",
            "require_file"]
@@ -193,8 +195,6 @@ class LazyRows(Rows):
 
 def load_hub(repo_id: str, *args, split: str, **kwargs):
     """``datasets.load_dataset`` with an error that says how to work offline."""
-    import datasets
-
     try:
         return datasets.load_dataset(repo_id, *args, split=split, **kwargs)
     except Exception as e:  # network, auth, missing split: all end the same way for the user

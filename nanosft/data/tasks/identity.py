@@ -6,9 +6,11 @@ online the same file is downloaded from nanochat's public bucket (nanochat/scrip
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 
-from ..errors import option
+from ...errors import option
 from . import DataSourceError, read_jsonl, require_file
 
 URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
@@ -22,9 +24,6 @@ def load_conversations(split: str = "train", data_dir: str | None = None, path: 
     if path is None and data_dir is not None:
         path = os.path.join(data_dir, "identity", "identity_conversations.jsonl")
     if path is None:
-        import json
-        import urllib.request
-
         try:
             with urllib.request.urlopen(URL, timeout=60) as f:
                 return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import random
+import urllib.request
 
-from ..errors import option
+from ...errors import option
 from . import DataSourceError, require_file
 
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
@@ -54,8 +55,6 @@ QUOTES = ["", "'", '"']
 def load_words(data_dir: str | None = None) -> list[str]:
     """The word list, one lowercase word per line."""
     if data_dir is None:
-        import urllib.request
-
         try:
             with urllib.request.urlopen(WORDS_URL, timeout=60) as f:
                 text = f.read().decode("utf-8")
