@@ -1,4 +1,4 @@
-"""``python -m nanosft.prepare --config X``: build a config's data cache ahead of a launch (``nanosft.data.mixture.prepare``)."""
+"""``python -m nanosft.prepare --config X``: build a config's data cache before a launch (``data/prepare.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m nanosft.report <run_dir>``: rebuild a run's ``report.md`` and plots (``nanosft.report.report.report``)."""
+"""``python -m nanosft.report <run_dir>``: rebuild a run's ``report.md`` and plots (``report.py``)."""
 
 from __future__ import annotations
 
