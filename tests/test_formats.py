@@ -289,7 +289,7 @@ def test_config_errors_name_the_key(spec, reason):
 def test_hub_rows_take_the_format_and_report_row_index(monkeypatch, nanochat_tokenizer, tmp_path):
     import datasets
 
-    import nanosft.data.mixture
+    import nanosft.data.tasks.registry
 
     rows = [{"id": str(i), "extra": i, "chat": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
             for i, (q, a) in enumerate(QA)]
@@ -299,7 +299,7 @@ def test_hub_rows_take_the_format_and_report_row_index(monkeypatch, nanochat_tok
         seen["args"] = (repo_id, args, split)
         return datasets.Dataset.from_list(rows)
 
-    monkeypatch.setattr(nanosft.data.mixture, "load_hub", fake_hub)
+    monkeypatch.setattr(nanosft.data.tasks.registry, "load_hub", fake_hub)
     spec = {"name": "hub", "hub_id": "org/chats", "format": "sharegpt", "messages_field": "chat"}
     got = load(spec)
     assert seen["args"] == ("org/chats", (), "train")
@@ -377,7 +377,7 @@ def test_hub_rows_read_in_blocks_equal_to_list():
     """A Hub dataset's rows are read 1,000 at a time when indexed (``DatasetRows``), equal to ``to_list``."""
     import datasets
 
-    from nanosft.data.mixture import DatasetRows
+    from nanosft.data.tasks.registry import DatasetRows
 
     rows = [{"id": str(i), "chat": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}],
              "note": None if i % 2 else "x"} for i in range(25)]

@@ -1,6 +1,6 @@
 """The training mixture: named datasets -> validated conversations -> shuffled -> rendered tokens.
 
-A mixture is a list of ``DatasetSpec`` (one YAML entry each). Each spec names a loader in ``LOADERS``
+A mixture is a list of ``DatasetSpec`` (one YAML entry each). Each spec names a task of ``DATASETS``
 (local ``data_dir`` or the Hugging Face Hub), may repeat for several ``epochs`` (nanochat repeats GSM8K
 4x and MMLU 3x; a fraction adds a seeded random part of the rows) and may be capped by ``max_rows``.
 User files (``files``) and Hub datasets (``hub``) are read in any ``format:`` of ``nanosft.data.formats``
@@ -24,87 +24,22 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from functools import partial
 
 import datasets
 
-from ..errors import ConfigError, DataSourceError, DataValidationError
+from ..errors import ConfigError, DataValidationError
 from ..format.template import ChatRenderer, ConversationError, RenderStats, normalize_conversation
-from .formats import FIELD_KEYS, FORMATS, converter, read_files
-from .tasks import InvalidLine, LazyRows, Rows, arc, gpteacher, gsm8k, identity, load_hub, mmlu, position, spellingbee
+from .formats import FIELD_KEYS, FORMATS, converter
+from .tasks import InvalidLine, Rows, position
+from .tasks.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
 
 
-def _hub_rows(split="train", data_dir=None, hub_id=None, subset=None, columns=None) -> Rows:
-    """A Hub dataset's rows (only ``columns`` where given and present), positioned by 0-based row index."""
-    if hub_id is None:
-        raise DataSourceError("dataset `hub` needs `hub_id:` (a Hugging Face dataset id)")
-    ds = load_hub(hub_id, subset, split=split) if subset else load_hub(hub_id, split=split)
-    keep = [c for c in columns or () if c in ds.column_names]
-    rows = LazyRows()
-    rows.add(DatasetRows(ds.select_columns(keep) if keep else ds), f"Hub dataset {hub_id}", "row index")
-    return rows
-
-
-class DatasetRows:
-    """The rows of a ``datasets.Dataset`` as dicts (what ``Dataset.to_list`` holds), read ``block`` rows at a
-    time when indexed: the Arrow table stays memory-mapped instead of becoming Python objects all at once.
-    Efficient for increasing indices (``iter_conversations`` reads rows in source order)."""
-
-    def __init__(self, ds, block: int = 1000):
-        self.ds, self.block = ds, block
-        self._start, self._rows = 0, []
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict:
-        if not self._start <= i < self._start + len(self._rows):
-            self._start = i - i % self.block
-            cols = self.ds[self._start:self._start + self.block]
-            self._rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
-        return self._rows[i - self._start]
-
-
-def _file_rows(split="train", data_dir=None, path=None) -> Rows:
-    if path is None:
-        raise DataSourceError("dataset `files` needs `path:` (a .jsonl, .json, .parquet or .csv file, a glob, "
-                              "or a list of them)")
-    return read_files(path)
-
-
-def _mmlu_messages(split="auxiliary_train", data_dir=None):
-    if split != "auxiliary_train":
-        return [p["messages"] for p in mmlu.load_problems(split, data_dir)]
-    if data_dir is not None:
-        raise DataSourceError("MMLU auxiliary_train is not in the local data folder (only dev/val/test are); "
-                              "set `data_dir: null` to read cais/mmlu from the Hub, or use split: dev / val")
-    # nanochat/tasks/mmlu.py: this subset nests each row under "train"
-    rows = (r["train"] for r in load_hub(mmlu.HUB_ID, "auxiliary_train", split="train"))
-    return [arc.mc_problem(r["question"], r["choices"], int(r["answer"]), mmlu.LETTERS)["messages"] for r in rows]
-
-
-def _arc_messages(split="train", data_dir=None, subset="ARC-Easy"):
-    return [p["messages"] for p in arc.load_problems(subset, split, data_dir)]
-
-
-# name -> loader(split, data_dir, **options) returning a list of raw conversations.
-LOADERS = {
-    "gsm8k": gsm8k.load_conversations,
-    "identity": identity.load_conversations,
-    "spellingbee": partial(spellingbee.load_conversations, kind="spellingbee"),
-    "simplespelling": partial(spellingbee.load_conversations, kind="simplespelling"),
-    "gpteacher": gpteacher.load_conversations,
-    "smoltalk": partial(_hub_rows, hub_id="HuggingFaceTB/smol-smoltalk"),
-    "mmlu": _mmlu_messages,
-    "arc": _arc_messages,
-    "hub": _hub_rows,
-    "files": _file_rows,
-    "jsonl": _file_rows,  # the name before other file types were read
-}
-# Loaders whose rows are in a user-chosen `format:` (the others yield nanochat messages).
-FORMAT_LOADERS = ("hub", "smoltalk", "files", "jsonl")
+# The datasets a mixture may name: the registry's tasks that give training conversations.
+DATASETS = {name: task for name, task in REGISTRY.items() if task.conversations is not None}
+# Datasets whose rows are in a user-chosen `format:` (the others yield nanochat messages).
+FORMAT_LOADERS = tuple(name for name, task in DATASETS.items() if task.formatted)
 
 
 @dataclass
@@ -112,7 +47,7 @@ class DatasetSpec:
     """One entry of the mixture.
 
     Attributes:
-        name: a key of ``LOADERS``.
+        name: a key of ``DATASETS`` (``nanosft.data.tasks.registry.REGISTRY``).
         split: dataset split ("train", "test").
         epochs: how many times the dataset enters the mixture: an int >= 1, or a fraction, where 2.5 is every
             row twice plus a seeded random half of them (``epoch_indices``), 0.3 a seeded random 30%.
@@ -153,13 +88,13 @@ class DatasetSpec:
         if isinstance(d, str):
             d = {"name": d}
         if not isinstance(d, dict) or "name" not in d:
-            raise ConfigError(f"{where}: each dataset needs a `name:` (one of {sorted(LOADERS)}), got {d!r}")
+            raise ConfigError(f"{where}: each dataset needs a `name:` (one of {sorted(DATASETS)}), got {d!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown} for dataset {d['name']!r}; allowed: {sorted(known)}")
-        if d["name"] not in LOADERS:
-            raise ConfigError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(LOADERS)}")
+        if d["name"] not in DATASETS:
+            raise ConfigError(f"{where}: unknown dataset name {d['name']!r}; known: {sorted(DATASETS)}")
         name = d["name"]
         for key in ("max_rows", "size"):
             if d.get(key) is not None and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
@@ -211,9 +146,9 @@ class DatasetSpec:
     def load(self, data_dir: str | None) -> list:
         """All raw conversations of this dataset (one epoch; ``max_rows`` is applied by ``row_indices``)."""
         kwargs = {k: getattr(self, k) for k in ("size", "subset", "path", "hub_id") if getattr(self, k)}
-        if self.name in ("hub", "smoltalk"):
+        if DATASETS[self.name].hub_only:
             kwargs["columns"] = list({**FORMATS[self.format].fields, **self.field_names}.values())
-        return LOADERS[self.name](split=self.split, data_dir=data_dir, **kwargs)
+        return DATASETS[self.name].conversations(split=self.split, data_dir=data_dir, **kwargs)
 
     def row_indices(self, num_rows: int, seed: int) -> list[int]:
         """The source rows kept: all of them, or ``max_rows`` drawn with ``random.Random(f"{seed}:{label}")``.

@@ -69,6 +69,7 @@ from ..format.template import CHAT_FORMAT_VERSION, ChatRenderer, RenderStats
 from ..format.tokenizer import ASSISTANT_END
 from .mixture import DataValidationError, DatasetSpec, iter_conversations, mixture_order
 from .packing import pack_best_fit, pack_best_fit_decreasing
+from .tasks.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ CACHE_FORMAT = 2  # layout of a cache folder; bump when it changes (2: arrow_crc
 PACKING_STRATEGIES = ("nanochat", "bfd")
 OVERLONG_MODES = ("truncate", "split")
 ROWS_FILE, META_FILE = "rows.arrow", "meta.json"
-
-# Local folder (under data_dir) each loader reads; a loader not listed here fingerprints the whole data_dir.
-LOCAL_FOLDERS = {"gsm8k": "gsm8k", "identity": "identity", "spellingbee": "words", "simplespelling": "words",
-                 "gpteacher": "gpteacher", "mmlu": "mmlu", "arc": "arc"}
-# Hub dataset each loader reads without data_dir (nanosft/data/tasks/*.py, nanosft/data/mixture.py).
-HUB_IDS = {"gsm8k": "openai/gsm8k", "arc": "allenai/ai2_arc", "mmlu": "cais/mmlu",
-           "gpteacher": "teknium/GPTeacher-General-Instruct", "smoltalk": "HuggingFaceTB/smol-smoltalk"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,15 +128,16 @@ def _hub_revision(repo_id: str) -> str:
 def source_inputs(spec: DatasetSpec, data_dir: str | None) -> dict:
     """What one dataset's rows depend on: its spec, the SHA-256 of the local files it reads, its Hub revision."""
     out: dict = {"spec": asdict(spec)}
+    task = REGISTRY[spec.name]  # its local folder (none: the whole data_dir) and Hub dataset
     if spec.path:
         out["path_sha256"] = _sha256_file(spec.path) if os.path.isfile(spec.path) else "missing"
     elif data_dir:
-        folder = os.path.join(data_dir, LOCAL_FOLDERS.get(spec.name, ""))
+        folder = os.path.join(data_dir, task.local_folder or "")
         if os.path.isdir(folder):
             out["data_sha256"] = _sha256_tree(folder)
-    always_hub = spec.name == "smoltalk" or (spec.name == "mmlu" and spec.split == "auxiliary_train")
-    hub_id = spec.hub_id or HUB_IDS.get(spec.name)
-    if hub_id and (data_dir is None or always_hub or spec.name == "hub"):
+    always_hub = task.hub_only or (spec.name == "mmlu" and spec.split == "auxiliary_train")
+    hub_id = spec.hub_id or task.hub_id
+    if hub_id and (data_dir is None or always_hub):
         out["hub_revision"] = {hub_id: _hub_revision(hub_id)}
     return out
 

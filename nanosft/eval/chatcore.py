@@ -34,9 +34,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,8 +41,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from ..data.tasks import arc, gsm8k, humaneval, mmlu, spellingbee
+from ..data.tasks.gsm8k import extract_answer
 from ..data.tasks.humaneval import build_program
+from ..data.tasks.registry import CATEGORICAL, REGISTRY, Task
 from ..format.template import ChatRenderer
 from ..format.tokenizer import ordinary_encoder
 from .engine import gathered_for_generation, generate_batch
@@ -53,16 +51,7 @@ from .sandbox import execute_many, require_isolation
 
 logger = logging.getLogger(__name__)
 
-CATEGORICAL, GENERATIVE = "categorical", "generative"
-SPELLINGBEE_SIZE = 256  # nanochat/scripts/chat_eval.py: SpellingBee(size=256, split="test")
 GENERATIVE_CAP_DURING_SFT = 24  # nanochat/scripts/chat_sft.py caps generative tasks at 24 problems
-ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")  # nanochat/tasks/gsm8k.py
-
-
-def extract_answer(text: str) -> str | None:
-    """The number after ``#### `` with commas removed, or None (nanochat/tasks/gsm8k.py)."""
-    match = ANSWER_RE.search(text)
-    return match.group(1).strip().replace(",", "") if match else None
 
 
 def score_numeric(problems: list[dict], completions: list[str]) -> list[bool]:
@@ -85,62 +74,9 @@ def score_humaneval(
     return [r.success for r in results]
 
 
-def _load_arc(subset):
-    def load(split, data_dir):
-        return arc.load_problems(subset, split, data_dir)
-
-    return load
-
-
-def _load_mmlu(split, data_dir):
-    return mmlu.load_problems(split, data_dir)
-
-
-def _load_gsm8k(split, data_dir):
-    return [
-        {"messages": gsm8k.to_conversation(row), "reference": extract_answer(row["answer"])}
-        for row in gsm8k.load_rows(split, data_dir)
-    ]
-
-
-def _load_humaneval(split, data_dir):
-    return humaneval.load_problems(split, data_dir)
-
-
-def _load_spellingbee(split, data_dir):
-    words = spellingbee.load_words(data_dir)
-    problems = []
-    for i in range(SPELLINGBEE_SIZE):
-        conv = spellingbee.spelling_bee_conversation(words, i, split)
-        problems.append({"messages": conv, "reference": extract_answer(conv[-1]["content"][-1]["text"])})
-    return problems
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One ChatCORE task: its kind, chance baseline, loader ``(split, data_dir) -> problems``, for
-    generative tasks a scorer ``(problems, completions) -> list[bool]``; ``runs_code``: the scorer executes
-    model-written code and takes ``allow_weak_sandbox``; ``shuffle``: whether a cap takes the first problems
-    of a seeded shuffle (dataset tasks) or the first ones (SpellingBee: example i is drawn from its own seed,
-    nanochat/tasks/spellingbee.py, which nanochat never shuffled)."""
-
-    name: str
-    kind: str
-    baseline: float
-    load: Callable[[str, str | None], list[dict]]
-    score: Callable[[list[dict], list[str]], list[bool]] | None = None
-    runs_code: bool = False
-    shuffle: bool = True
-
-
-TASKS: dict[str, TaskSpec] = {
-    "ARC-Easy": TaskSpec("ARC-Easy", CATEGORICAL, 0.25, _load_arc("ARC-Easy")),
-    "ARC-Challenge": TaskSpec("ARC-Challenge", CATEGORICAL, 0.25, _load_arc("ARC-Challenge")),
-    "MMLU": TaskSpec("MMLU", CATEGORICAL, 0.25, _load_mmlu),
-    "GSM8K": TaskSpec("GSM8K", GENERATIVE, 0.0, _load_gsm8k, score_numeric),
-    "HumanEval": TaskSpec("HumanEval", GENERATIVE, 0.0, _load_humaneval, score_humaneval, runs_code=True),
-    "SpellingBee": TaskSpec("SpellingBee", GENERATIVE, 0.0, _load_spellingbee, score_numeric, shuffle=False),
-}
+# ChatCORE's tasks by their names (ARC-Easy, ...): the registry's tasks that give eval problems, in its order.
+TASKS: dict[str, Task] = {t.title: t for t in REGISTRY.values() if t.load is not None}
+SCORERS = {"answer": score_numeric, "program": score_humaneval}  # Task.score -> (problems, completions) -> bools
 # Task sets: ChatCORE averages over a whole set. "nanochat": nanochat/scripts/chat_eval.py ``all_tasks``.
 TASK_SETS: dict[str, tuple[str, ...]] = {
     "nanosft6": ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"),
@@ -214,8 +150,8 @@ def require_sandbox(tasks, allow_weak_sandbox: bool = False) -> tuple:
     return require_isolation(allow_weak_sandbox)
 
 
-def get_task(name: str) -> TaskSpec:
-    """The ``TaskSpec`` called ``name``; raises ValueError listing the known names."""
+def get_task(name: str) -> Task:
+    """The ChatCORE task called ``name`` (``nanosft.data.tasks.registry.Task``); raises ValueError listing the known names."""
     if name not in TASKS:
         raise ValueError(f"unknown ChatCORE task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name]
@@ -229,7 +165,7 @@ def load_problems(
     The order is ``numpy.random.default_rng(seed).permutation(n)`` of the source rows, as nanochat's tasks
     shuffle (``.shuffle(seed=42)``, nanochat/tasks/common.py), so a cap keeps the problems nanochat evaluates
     for the same cap and source; a cap is a random subset, not the first rows (MMLU files are sorted by
-    subject), and a smaller cap is a prefix of a larger one. SpellingBee is not shuffled (``TaskSpec.shuffle``).
+    subject), and a smaller cap is a prefix of a larger one. SpellingBee is not shuffled (``Task.shuffle``).
 
     Raises:
         ValueError: unknown task.
@@ -424,7 +360,7 @@ def evaluate_task(
 ) -> list[bool]:
     """Whether each problem is solved (pass@``num_samples`` for generative tasks), in input order.
 
-    ``allow_weak_sandbox`` goes to scorers that run code (``TaskSpec.runs_code``)."""
+    ``allow_weak_sandbox`` goes to scorers that run code (``Task.runs_code``)."""
     spec = get_task(task)
     if spec.kind == CATEGORICAL:
         preds = predict_categorical(model, tokenizer, problems, batch_size, progress)
@@ -443,7 +379,7 @@ def evaluate_task(
     )
     flat_problems = [p for p, r in zip(problems, replies) for _ in r]
     extra = {"allow_weak_sandbox": allow_weak_sandbox} if spec.runs_code else {}
-    flat = spec.score(flat_problems, [x for r in replies for x in r], **extra)
+    flat = SCORERS[spec.score](flat_problems, [x for r in replies for x in r], **extra)
     passed, k = [], 0
     for r in replies:
         passed.append(any(flat[k : k + len(r)]))

@@ -23,8 +23,8 @@ import importlib
 from collections.abc import Callable
 from math import comb
 
-from ..data.tasks import spellingbee
-from .chatcore import extract_answer, get_task
+from ..data.tasks import gsm8k, spellingbee
+from ..data.tasks.gsm8k import extract_answer
 
 RewardFn = Callable[[dict, str], float]
 
@@ -66,7 +66,7 @@ def load_rl_problems(task: str, split: str = "train", data_dir: str | None = Non
                      size: int | None = None) -> list[dict]:
     """Problems ``{"messages", "reference"}`` of ``task`` ("gsm8k" or "spellingbee") in file order.
 
-    GSM8K: all rows of the split (7,473 train / 1,319 test) via ``nanosft.eval.chatcore``; ``size`` keeps the
+    GSM8K: all rows of the split (7,473 train / 1,319 test); ``size`` keeps the
     first ``size``. SpellingBee is synthetic: examples 0..size-1 (default 256) of the split's draw stream
     (``nanosft.data.tasks.spellingbee``).
 
@@ -74,15 +74,10 @@ def load_rl_problems(task: str, split: str = "train", data_dir: str | None = Non
         ValueError: an unknown task. ``nanosft.data.tasks.DataSourceError``: missing data files.
     """
     if task == "gsm8k":
-        problems = get_task("GSM8K").load(split, data_dir)
+        problems = gsm8k.load_problems(split, data_dir)
         return problems[:size] if size else problems
     if task == "spellingbee":
-        words = spellingbee.load_words(data_dir)
-        out = []
-        for i in range(size or 256):
-            conv = spellingbee.spelling_bee_conversation(words, i, split)
-            out.append({"messages": conv, "reference": extract_answer(conv[-1]["content"][-1]["text"])})
-        return out
+        return spellingbee.load_problems(split, data_dir, size or spellingbee.SIZE)
     raise ValueError(f"unknown RL task {task!r}; known: gsm8k, spellingbee")
 
 

@@ -2,7 +2,8 @@
 
 Each ``{instruction, input, response}`` becomes one user/assistant turn; a non-empty ``input`` is
 appended to the instruction after a blank line (the Alpaca convention). Local:
-``<data_dir>/gpteacher/<subset>-instruct.json``; Hub: ``teknium/GPTeacher-General-Instruct``.
+``<data_dir>/gpteacher/<subset>-instruct.json``. The Hub has none of the three subsets as a dataset of its own
+(``teknium/GPTeacher-General-Instruct`` is the fourth, general module), so they are read locally only.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 
-from . import DataSourceError, load_hub, require_file
+from ...errors import option
+from . import DataSourceError, require_file
 
 SUBSETS = ("codegen", "roleplay", "toolformer")
+GITHUB = "github.com/teknium1/GPTeacher"
 
 
 def to_conversation(row: dict) -> list[dict]:
@@ -25,10 +28,11 @@ def load_conversations(split: str = "train", data_dir: str | None = None, subset
     """All conversations of one subset (only a train split exists)."""
     if subset not in SUBSETS:
         raise DataSourceError(f"unknown GPTeacher subset {subset!r}; choose one of {SUBSETS}")
-    if data_dir is None:
-        return [to_conversation(r) for r in load_hub("teknium/GPTeacher-General-Instruct", split="train")]
+    if data_dir is None:  # the Hub copy is another module: it would silently ignore `subset`
+        raise DataSourceError(f"GPTeacher {subset!r} is read from a local folder only: set {option('data_dir')} "
+                              f"(the embedded pkg://nanosft/resources/data has it; source: {GITHUB})")
     path = os.path.join(data_dir, "gpteacher", f"{subset}-instruct.json")
-    require_file(path, "Get it from github.com/teknium1/GPTeacher (<subset>/<subset>-instruct.json).")
+    require_file(path, f"Get it from {GITHUB} (<subset>/<subset>-instruct.json).")
     with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is accepted
         try:
             rows = json.load(f)

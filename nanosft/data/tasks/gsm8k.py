@@ -8,11 +8,13 @@ line ``#### 72`` carries the answer. Local: ``<data_dir>/gsm8k/{train,test}.json
 from __future__ import annotations
 
 import os
+import re
 
 from ...format.template import parse_calculator_annotations
 from . import load_hub, read_jsonl, require_file
 
 HUB_ID = "openai/gsm8k"
+ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")  # nanochat/tasks/gsm8k.py
 
 
 def load_rows(split: str = "train", data_dir: str | None = None) -> list[dict]:
@@ -35,3 +37,15 @@ def to_conversation(row: dict) -> list[dict]:
 def load_conversations(split: str = "train", data_dir: str | None = None) -> list[list[dict]]:
     """All conversations of a split, in file order."""
     return [to_conversation(r) for r in load_rows(split, data_dir)]
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after ``#### `` with commas removed, or None (nanochat/tasks/gsm8k.py)."""
+    match = ANSWER_RE.search(text)
+    return match.group(1).strip().replace(",", "") if match else None
+
+
+def load_problems(split: str = "test", data_dir: str | None = None) -> list[dict]:
+    """Eval problems ``{"messages": [user, assistant], "reference": final answer}`` of a split, in file order."""
+    return [{"messages": to_conversation(row), "reference": extract_answer(row["answer"])}
+            for row in load_rows(split, data_dir)]

@@ -18,9 +18,11 @@ import urllib.request
 
 from ...errors import option
 from . import DataSourceError, require_file
+from .gsm8k import extract_answer
 
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
 TEST_SEED_OFFSET = 10_000_000
+SIZE = 256  # nanochat/scripts/chat_eval.py: SpellingBee(size=256, split="test")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # nanochat/tasks/spellingbee.py USER_MSG_TEMPLATES (a subset in several languages).
@@ -127,3 +129,13 @@ def load_conversations(
     words = load_words(data_dir)
     make = {"spellingbee": spelling_bee_conversation, "simplespelling": simple_spelling_conversation}[kind]
     return [make(words, i, split) for i in range(size)]
+
+
+def load_problems(split: str = "test", data_dir: str | None = None, size: int = SIZE) -> list[dict]:
+    """Examples 0..size-1 of SpellingBee as problems ``{"messages", "reference"}`` (the ``#### N`` count)."""
+    words = load_words(data_dir)
+    problems = []
+    for i in range(size):
+        conv = spelling_bee_conversation(words, i, split)
+        problems.append({"messages": conv, "reference": extract_answer(conv[-1]["content"][-1]["text"])})
+    return problems
