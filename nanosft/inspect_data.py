@@ -1,10 +1,11 @@
 """See what training sees: ``python -m nanosft.inspect_data --config configs/tiny.yaml [--n 3] [--set key=value]``.
 
-It loads the tokenizer (``nanosft.models.pretrained.load_tokenizer``), the training mixture (``nanosft.data.mixture``:
-validation, ``skip_invalid``, shuffle with ``mixture_seed``) and renders it exactly as training does
-(``ChatRenderer`` with ``max_tokens = max_length + 1``), then prints:
+It runs the recipe's own data steps: the tokenizer (``nanosft.models.pretrained.load_tokenizer``) and the data
+cache (``nanosft.data.prepare.prepare_from_config``: load, validate, render, pack; built once, found by the next
+training run), then prints:
 
-1. ``--n`` sample conversations of each dataset, headed by the dataset's ``format:`` (messages, sharegpt,
+1. the first ``--n`` valid conversations of each dataset (``iter_conversations``, ``max_rows`` applied), rendered
+   by the training renderer (``training_renderer``), headed by the dataset's ``format:`` (messages, sharegpt,
    alpaca, openai: ``nanosft.data.formats``) so a row of each format is seen as training sees it, token by
    token, supervised tokens (assistant mask 1, the training targets) in green and unsupervised ones in
    red. When stdout is not a terminal (or with ``--color never``) the spans are written as plain markers
@@ -13,8 +14,8 @@ validation, ``skip_invalid``, shuffle with ``mixture_seed``) and renders it exac
        [-<|bos|><|user_start|>What is 2+2?<|user_end|><|assistant_start|>][+4<|assistant_end|>]
 
    ``[+...]`` is supervised, ``[-...]`` is not; a literal ``]`` inside a span is written ``\\]``.
-2. A table per dataset: conversations, mean and max length (tokens), supervised-token ratio, and
-   how many conversations were truncated to ``max_length + 1``.
+2. The statistics training logs and writes to ``data_stats.json``, a row per dataset: conversations, mean
+   and max length (tokens), supervised-token ratio, and how many were truncated to ``max_length + 1``.
 
 No model is built; it takes seconds.
 """
@@ -24,9 +25,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .data.mixture import DatasetSpec, load_mixture, render_dataset, supervision_stats
+from .data.mixture import DatasetSpec, iter_conversations
+from .data.prepare import prepare_from_config, training_renderer
 from .errors import run_cli
-from .format.template import ChatRenderer
 from .models.pretrained import load_tokenizer
 from .training.config import load_config
 
@@ -58,7 +59,7 @@ def format_conversation(tokenizer, ids: list[int], mask: list[int], color: bool)
 
 
 def format_table(stats: dict) -> str:
-    """The per-dataset table of ``nanosft.data.mixture.supervision_stats`` (with truncation counts)."""
+    """The per-dataset table of the data cache's statistics (``PreparedRows.stats``, as ``supervision_stats``)."""
     head = f"{'dataset':<36} {'conv':>7} {'mean len':>9} {'max len':>8} {'supervised':>11} {'truncated':>10}"
     lines = [head, "-" * len(head)]
     total = {"conversations": 0, "tokens": 0, "supervised": 0, "max_len": 0, "truncated": 0}
@@ -76,7 +77,7 @@ def format_table(stats: dict) -> str:
 
 
 def inspect_config(cfg, n: int = 3, color: bool = False, out=None) -> dict:
-    """Render the training mixture of ``cfg`` and print samples and statistics to ``out``.
+    """Build (or find) the training rows of ``cfg`` as training does; print samples and statistics to ``out``.
 
     Args:
         cfg: a ``NanoSFTConfig`` (``nanosft.training.config.load_config``).
@@ -92,26 +93,19 @@ def inspect_config(cfg, n: int = 3, color: bool = False, out=None) -> dict:
     """
     out = out or sys.stdout
     tokenizer = load_tokenizer(cfg)
-    renderer = ChatRenderer(tokenizer, max_tokens=cfg.max_length + 1)
-    specs = [DatasetSpec.from_dict(d) for d in cfg.datasets]
-    convs, sources = load_mixture(specs, cfg.data_dir, seed=cfg.mixture_seed, skip_invalid=cfg.skip_invalid)
-    rendered = render_dataset(renderer, convs, sources)
-    stats = supervision_stats(rendered, renderer.stats)
-    formats = {spec.label: spec.format for spec in specs}
-    shown: dict[str, int] = {}
-    for i, src in enumerate(sources):
-        if shown.get(src, 0) >= n:
-            continue
-        shown[src] = shown.get(src, 0) + 1
-        ids, mask = rendered[i]["input_ids"], rendered[i]["assistant_masks"]
-        print(f"=== {src} #{shown[src]} (format {formats[src]}, mixture row {i}, {len(ids)} tokens, "
-              f"{sum(mask)} supervised) ===", file=out)
-        print(format_conversation(tokenizer, ids, mask, color), file=out)
-        print(file=out)
-    print(f"max_length={cfg.max_length}: conversations longer than {cfg.max_length + 1} tokens are truncated",
-          file=out)
-    print(format_table(stats), file=out)
-    return stats
+    train, _ = prepare_from_config(cfg, tokenizer, eval_split=False)  # the rows and statistics training uses
+    renderer = training_renderer(tokenizer, cfg.max_length, cfg.overlong)
+    for spec in (DatasetSpec.from_dict(d) for d in cfg.datasets) if n > 0 else ():
+        convs = next(iter_conversations(spec, cfg.data_dir, cfg.mixture_seed, cfg.skip_invalid, chunk=n), [])[:n]
+        for k, (ids, mask) in enumerate(renderer.render_batch(convs, normalized=True), 1):
+            print(f"=== {spec.label} #{k} (format {spec.format}, {len(ids)} tokens, {sum(mask)} supervised) ===",
+                  file=out)
+            print(format_conversation(tokenizer, ids, mask, color), file=out)
+            print(file=out)
+    print(f"max_length={cfg.max_length}: conversations longer than {cfg.max_length + 1} tokens are "
+          f"{'truncated' if cfg.overlong == 'truncate' else 'split'}", file=out)
+    print(format_table(train.stats), file=out)
+    return train.stats
 
 
 def main(argv=None) -> int:

@@ -297,6 +297,12 @@ def _write_block(writer, schema, vals, masks, off, dl, per_row, cont) -> None:
     writer.write_batch(batch)
 
 
+def training_renderer(tokenizer, max_length: int, overlong: str) -> ChatRenderer:
+    """The renderer of training rows: each conversation cut to ``max_length + 1`` tokens (T inputs + the last
+    target) under ``overlong="truncate"``; whole under ``"split"`` (``document_pieces`` cuts it later)."""
+    return ChatRenderer(tokenizer, max_tokens=max_length + 1 if overlong == "truncate" else None)
+
+
 def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strategy, buffer_size, overlong, seed,
            skip_invalid, num_proc, name, check) -> dict:
     """Load, render and pack into ``folder`` (a fresh temp folder); returns the meta record (without inputs).
@@ -308,7 +314,7 @@ def _build(folder: str, specs, data_dir, tokenizer, *, max_length, packing_strat
     t0 = time.perf_counter()
     capacity = max_length + 1
     truncate = overlong == "truncate"
-    renderer = ChatRenderer(tokenizer, max_tokens=capacity if truncate else None)
+    renderer = training_renderer(tokenizer, max_length, overlong)
     ids_file, mask_file = os.path.join(folder, "ids.bin"), os.path.join(folder, "mask.bin")
     _WORK.update(renderer=ChatRenderer(tokenizer), keep=capacity if truncate else None)
     workers = num_proc if num_proc and num_proc > 1 else 1
