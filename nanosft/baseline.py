@@ -40,7 +40,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-
     cfg = load_config(args.config, args.overrides)
     if cfg.model_config is None:
         check_model_source(cfg.model_name_or_path, "model_name_or_path")  # before the tokenizer and model load

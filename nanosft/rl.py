@@ -73,7 +73,6 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
 
-
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
     train, held_out, reward_fn = load_problems(cfg)

@@ -153,13 +153,11 @@ def main(argv=None) -> int:
         logger.info(line)
     overwritten = early_checks(cfg)
 
-
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
     train_rows, eval_rows, stats = build_datasets(cfg, tokenizer)
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
-
 
     # LRs: the config's value > the base checkpoint's training config > nanochat's defaults (logged)
     base = cfg.model_name_or_path if cfg.model_config is None else None
