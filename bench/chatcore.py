@@ -32,8 +32,8 @@ import time
 import torch
 from transformers import NanoChatConfig, NanoChatForCausalLM
 
-from nanosft import chatcore
-from nanosft.tokenizer import build_nanochat_tokenizer
+from nanosft.eval import chatcore
+from nanosft.format.tokenizer import build_nanochat_tokenizer
 
 
 def timed(fn):

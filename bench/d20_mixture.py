@@ -35,9 +35,9 @@ def main():
     p.add_argument("--rss-base-gib", type=float, default=0.5)
     args = p.parse_args()
 
-    from nanosft.data import DatasetSpec
-    from nanosft.template import ChatRenderer
-    from nanosft.tokenizer import build_nanochat_tokenizer
+    from nanosft.data.mixture import DatasetSpec
+    from nanosft.format.template import ChatRenderer
+    from nanosft.format.tokenizer import build_nanochat_tokenizer
 
     tok = build_nanochat_tokenizer(os.path.join(args.data_dir, "nanochat_tokenizer"))
     renderer = ChatRenderer(tok)

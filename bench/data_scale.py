@@ -6,7 +6,7 @@ Synthetic conversations (one user turn, one assistant turn of random dictionary 
 with the nanochat tokenizer) are written to a JSON-lines file; each size is then measured in fresh
 processes (one at a time, OMP_NUM_THREADS=1, one render process):
 
-- ``prepare``: the first preparation (``nanosft.prepare.prepare_rows``: load, render, pack, write the cache);
+- ``prepare``: the first preparation (``nanosft.data.prepare.prepare_rows``: load, render, pack, write the cache);
 - ``hit``: a second start that hits the cache, from process start (imports included) to the end of the first
   optimizer step of ``NanoSFTTrainer`` on a tiny 2-layer model (B=1, rows of T); a hit verifies the CRC-32 of
   the cache file, timed again afterwards next to a BLAKE2b of the same file;
@@ -94,9 +94,9 @@ def child(mode: str, path: str, cache: str, T: int) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    from nanosft.data import DatasetSpec
-    from nanosft.prepare import prepare_rows
-    from nanosft.tokenizer import build_nanochat_tokenizer
+    from nanosft.data.mixture import DatasetSpec
+    from nanosft.data.prepare import prepare_rows
+    from nanosft.format.tokenizer import build_nanochat_tokenizer
 
     tok = build_nanochat_tokenizer(TOKENIZER)
     spec = [DatasetSpec.from_dict({"name": "jsonl", "path": path})]
@@ -107,7 +107,7 @@ def child(mode: str, path: str, cache: str, T: int) -> dict:
                "tokens": prep.packing["real_tokens"], "fill": prep.packing["fill"],
                "cache_bytes": os.path.getsize(os.path.join(prep.path, "rows.arrow"))}
         if mode == "rank":
-            from nanosft.packing import PackedCollator
+            from nanosft.data.packing import PackedCollator
 
             collate = PackedCollator(T, pad_token_id=0)
             rng = random.Random(0)
@@ -118,8 +118,8 @@ def child(mode: str, path: str, cache: str, T: int) -> dict:
         import torch
         from transformers import NanoChatConfig, NanoChatForCausalLM
 
-        from nanosft.config import NanoSFTConfig
-        from nanosft.trainer import NanoSFTTrainer
+        from nanosft.training.config import NanoSFTConfig
+        from nanosft.training.trainer import NanoSFTTrainer
 
         t = time.perf_counter()
         t_imports = t - T0
@@ -137,7 +137,7 @@ def child(mode: str, path: str, cache: str, T: int) -> dict:
                "status": prep.status}
         import hashlib
 
-        from nanosft.prepare import crc32_file
+        from nanosft.data.prepare import crc32_file
 
         rows = os.path.join(prep.path, "rows.arrow")  # the hit's own checksum (inside prepare_rows), and BLAKE2b's
         t = time.perf_counter()

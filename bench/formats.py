@@ -4,7 +4,7 @@
 
 The same ``--n`` synthetic conversations (2 or 4 turns, 40-400 characters of text each; single-turn for
 alpaca, whose rows have one exchange) are written once per format / file type into a temporary folder,
-then loaded with ``nanosft.data.load_mixture`` (read, convert, validate, normalize, shuffle: everything
+then loaded with ``nanosft.data.mixture.load_mixture`` (read, convert, validate, normalize, shuffle: everything
 before rendering, which is identical for every format). Prints conversations/s and the time ratio to
 messages JSONL of the same conversations (1.00 = no overhead). Times are the best of ``--repeats`` rounds,
 the paths interleaved within each round. Parquet and CSV go through ``datasets``' loaders, whose Arrow
@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nanosft.data import DatasetSpec, load_mixture  # noqa: E402
+from nanosft.data.mixture import DatasetSpec, load_mixture  # noqa: E402
 
 WORDS = "the a model token train data chat user answer question python value list file row line format".split()
 

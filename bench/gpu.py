@@ -84,7 +84,7 @@ def main():
 
     import torch
 
-    from nanosft.muon import build_optimizer
+    from nanosft.optim.muon import build_optimizer
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

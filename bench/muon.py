@@ -5,7 +5,7 @@
 To run in a few minutes on CPU it times ``--layers`` (2) transformer blocks (nanochat shapes:
 q/k/v/o d x d, fc1 4d x d, fc2 d x 4d) plus the 65,536 x d embedding and lm_head, with fixed
 random gradients, and projects the full depth as embeddings + depth x one block (both measured
-separately). Both optimizers come from ``nanosft.muon.build_optimizer`` with the same groups.
+separately). Both optimizers come from ``nanosft.optim.muon.build_optimizer`` with the same groups.
 "Muon bf16" runs the orthogonalization matmuls in bf16 (nanochat's GPU setting).
 """
 
@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from nanosft.muon import build_optimizer
+from nanosft.optim.muon import build_optimizer
 
 VOCAB = 65536
 DEPTH_TO_DIM = {12: 768, 20: 1280}  # nanochat: d_model = 64 * depth

@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nanosft.chatcore import centered_score  # noqa: E402
+from nanosft.eval.chatcore import centered_score  # noqa: E402
 
 TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "SpellingBee", "HumanEval")
 PARTS = ("arc", "mmlu", "gen")

@@ -36,11 +36,11 @@ def main():
     import torch
     from trl.data_utils import pack_dataset as trl_pack
 
-    from nanosft.data import DatasetSpec, load_mixture, render_dataset
-    from nanosft.packing import PackedCollator, pack_best_fit_decreasing, pack_dataset
-    from nanosft.prepare import document_pieces
-    from nanosft.template import ChatRenderer
-    from nanosft.tokenizer import build_nanochat_tokenizer
+    from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset
+    from nanosft.data.packing import PackedCollator, pack_best_fit_decreasing, pack_dataset
+    from nanosft.data.prepare import document_pieces
+    from nanosft.format.template import ChatRenderer
+    from nanosft.format.tokenizer import build_nanochat_tokenizer
 
     datasets.disable_progress_bars()
     tok = build_nanochat_tokenizer(os.path.join(args.data_dir, "nanochat_tokenizer"))

@@ -6,11 +6,11 @@ Both sides get the same ``--n`` real conversations (GSM8K train with calculator 
 identity, GPTeacher codegen/roleplay/toolformer, SpellingBee), in one process, one after the other:
 
 - direct: ``ChatRenderer.render_batch`` (validation + normalization + one batched Rust encode per
-  1,000 conversations + stitching), as ``nanosft.data.render_dataset`` calls it for training.
+  1,000 conversations + stitching), as ``nanosft.data.mixture.render_dataset`` calls it for training.
 - TRL: what ``SFTTrainer._prepare_dataset`` does per example for a conversational dataset with
   ``assistant_only_loss=True``: ``trl.data_utils._tokenize`` -> ``tokenizer.apply_chat_template(messages,
   tokenize=True, return_dict=True, return_assistant_tokens_mask=True)`` with the same chat template
-  (``nanosft.template.CHAT_TEMPLATE``), without the ``datasets.map`` overhead around it.
+  (``nanosft.format.tokenizer.CHAT_TEMPLATE``), without the ``datasets.map`` overhead around it.
 
 It checks that both give the same ids (and masks) on every conversation, then prints conversations/s
 for each and the ratio (goal: direct >= 3x TRL). Measured here (2 shared cores, one thread each):
@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # One thread everywhere (set TOKENIZERS_PARALLELISM=true to let encode_batch use Rayon threads).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from nanosft.data import DatasetSpec
-from nanosft.template import ChatRenderer
-from nanosft.tokenizer import build_nanochat_tokenizer
+from nanosft.data.mixture import DatasetSpec
+from nanosft.format.template import ChatRenderer
+from nanosft.format.tokenizer import build_nanochat_tokenizer
 
 # Shares of the mix; GPTeacher subsets and identity are capped by their size.
 MIX = [

@@ -2,13 +2,13 @@
 
     python bench/sandbox.py [--runs 20] [--baseline-commit 959ef2d]
 
-The baseline is ``nanosft/sandbox.py`` as of ``--baseline-commit`` (root namespaces + seccomp, about
+The baseline is ``nanosft/eval/sandbox.py`` as of ``--baseline-commit`` (root namespaces + seccomp, about
 70 ms per run on an idle machine), read with ``git show`` and imported next to the current module, so
 both run in the same process on the same load. Each round runs one trivial program (``pass``: the
 cost is the sandbox, not the code) through every variant in turn; the table gives the median wall
 time per run and its ratio to the baseline's default path. The acceptance bound is 2x.
 
-Modes (``nanosft.sandbox.MODES``): ``default`` (what this machine gives: root namespaces here),
+Modes (``nanosft.eval.sandbox.MODES``): ``default`` (what this machine gives: root namespaces here),
 ``user_ns`` (forced user namespaces, the path of an ordinary user), ``landlock`` (forced: no namespaces
 at all), ``weak`` (seccomp, rlimits and Python guards only; opt-in). The process runs as whatever user
 starts it; as root the ``user_ns`` mode maps root to itself. To measure an ordinary user's paths:
@@ -43,16 +43,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nanosft import sandbox
+from nanosft.eval import sandbox
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_baseline(commit: str):
-    """The module ``nanosft/sandbox.py`` at ``commit``, or None outside a git checkout."""
+    """The module ``nanosft/eval/sandbox.py`` at ``commit``, or None outside a git checkout."""
     try:
         # safe.directory: run as another user (e.g. uid 65534) git refuses a checkout it does not own
-        git = ["git", "-c", f"safe.directory={REPO}", "-C", REPO, "show", f"{commit}:nanosft/sandbox.py"]
+        git = ["git", "-c", f"safe.directory={REPO}", "-C", REPO, "show", f"{commit}:nanosft/eval/sandbox.py"]
         text = subprocess.run(git, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None

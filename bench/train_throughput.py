@@ -34,12 +34,12 @@ def main():
     from transformers import NanoChatConfig, NanoChatForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from nanosft.config import NanoSFTConfig
-    from nanosft.data import DatasetSpec, load_mixture, render_dataset
-    from nanosft.packing import pack_dataset
-    from nanosft.template import ChatRenderer
-    from nanosft.tokenizer import build_nanochat_tokenizer
-    from nanosft.trainer import NanoSFTTrainer
+    from nanosft.training.config import NanoSFTConfig
+    from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset
+    from nanosft.data.packing import pack_dataset
+    from nanosft.format.template import ChatRenderer
+    from nanosft.format.tokenizer import build_nanochat_tokenizer
+    from nanosft.training.trainer import NanoSFTTrainer
 
     datasets.disable_progress_bars()
     T, B = args.max_length, args.batch_size

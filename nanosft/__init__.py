@@ -1,17 +1,17 @@
 """nanosft: nanochat-style supervised fine-tuning as a first-class Hugging Face citizen.
 
-Components (one concept per module):
+Layers, each importing only those below it (setup.cfg ``[importlinter]``):
 
-- ``models/``       model classes (``nanochat_gpt``: the current nanochat GPT), registered on import
-- ``tokenizer.py``  the nanochat special tokens; build/extend HF tokenizers
-- ``template.py``   the nanochat chat format: direct renderer + jinja chat template
-- ``data.py``       conversation datasets (local folder or Hub) and the shuffled mixture
-- ``packing.py``    BOS-aligned best-fit packing collator
-- ``muon.py``       MuonAdamW optimizer; ``schedule.py`` the LR recipe
-- ``chatcore.py``   ChatCORE tasks and scoring; ``sandbox.py`` code execution
-- ``trainer.py``    ``NanoSFTTrainer`` (a ``trl.SFTTrainer``); ``config.py`` ``NanoSFTConfig``
-- ``train.py``      the recipe: ``accelerate launch -m nanosft.train --config configs/tiny.yaml``
-- ``errors.py``     user errors: one line ``error: ...``, exit 2; ``launch.py`` ``accelerate launch`` that keeps it so
+- ``report/``    the run report; ``training/`` config, trainers, checkpoints, model card
+- ``eval/``      ChatCORE, generation engine, sandbox, callbacks, rewards
+- ``optim/``     Muon, LR schedule, warm start; ``models/`` loading, conversion, LoRA, model classes (registered
+  with the Auto classes on import)
+- ``data/``      task registry, row formats, mixture, packing, prepared-data cache
+- ``format/``    special tokens, tokenizers, chat template and renderer
+- ``files.py``   atomic JSON writes; ``errors.py`` user errors: one line ``error: ...``, exit 2
+
+Command-line modules on top: ``train`` (the recipe), ``rl``, ``eval``, ``chat``, ``baseline``, ``merge``, ``prepare``,
+``convert``, ``inspect_data``, ``report``, ``launch``.
 """
 
 __version__ = "0.1.0"

@@ -23,7 +23,11 @@ import sys
 import time
 
 from .errors import run_cli
-from .pretrained import check_model_source
+from .eval.__main__ import format_table
+from .eval.chatcore import run_chatcore
+from .files import write_json_atomic
+from .models.pretrained import check_model_source, load_model, load_tokenizer
+from .training.config import load_config
 
 
 def main(argv=None) -> dict:
@@ -35,12 +39,6 @@ def main(argv=None) -> dict:
     p.add_argument("--output", default=None, help="JSON path (default: <output_dir>/chatcore_base.json)")
     args = p.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-
-    from .chatcore import run_chatcore
-    from .config import load_config
-    from .checkpoint import write_json_atomic
-    from .eval import format_table
-    from .train import load_model, load_tokenizer
 
     cfg = load_config(args.config, args.overrides)
     if cfg.model_config is None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+
 from .errors import run_cli
-from .pretrained import check_model_source
+from .models.pretrained import check_model_source
 
 
 def parse_args(argv=None):
@@ -28,9 +31,6 @@ def parse_args(argv=None):
 
 def reply(model, tokenizer, messages, args) -> str:
     """Generate and stream one assistant reply to ``messages``; returns its text (no special tokens)."""
-    import torch
-    from transformers import TextStreamer
-
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True).to(model.device)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
@@ -45,8 +45,6 @@ def reply(model, tokenizer, messages, args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_model_source(args.model, "--model")  # a missing folder, named as such, before loading anything
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -21,6 +21,9 @@ import logging
 import subprocess
 import sys
 
+from accelerate.commands import launch as accelerate_launch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
 from .errors import EXIT_USER_ERROR
 
 
@@ -33,15 +36,12 @@ class _DropUserErrorExit(logging.Filter):
 
 def main(argv=None) -> int:
     """Run ``accelerate launch`` with ``argv``; returns 0, or ``EXIT_USER_ERROR`` when the workers did."""
-    from accelerate.commands.launch import launch_command, launch_command_parser
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    args = launch_command_parser().parse_args(argv)
+    args = accelerate_launch.launch_command_parser().parse_args(argv)
     api_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
     api_log.addFilter(_DropUserErrorExit())
     api_log.setLevel(logging.ERROR)  # no "Sending process ... closing signal SIGTERM" notices to the other ranks
     try:
-        launch_command(args)
+        accelerate_launch.launch_command(args)
     except subprocess.CalledProcessError as e:  # one process (accelerate's simple_launcher)
         if e.returncode == EXIT_USER_ERROR:
             return EXIT_USER_ERROR

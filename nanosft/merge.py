@@ -21,7 +21,11 @@ import logging
 import os
 import sys
 
-from .checkpoint import follow_umask
+from transformers import AutoTokenizer
+
+from .files import follow_umask
+from .models.pretrained import load_model
+from .training.config import NanoSFTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +55,6 @@ def load_base_model(checkpoint: str, tokenizer, base: str | None = None):
     Raises:
         ValueError: the run trained a fresh ``model_config`` model, whose initial weights were never saved.
     """
-    from .config import NanoSFTConfig
-    from .train import load_model
-
     config = dict(find_run_config(checkpoint) or {})
     if base is None and not config.get("model_name_or_path"):
         if config.get("model_config"):
@@ -77,8 +78,7 @@ def merge_adapter(checkpoint: str, out_dir: str, base: str | None = None) -> str
     Raises:
         FileNotFoundError: ``checkpoint`` has no ``adapter_config.json`` (not a LoRA checkpoint).
     """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
+    from peft import PeftModel  # heavy; only LoRA checkpoints need it
 
     if not os.path.isfile(os.path.join(checkpoint, "adapter_config.json")):
         raise FileNotFoundError(f"{checkpoint}: no adapter_config.json; this is not a LoRA (peft) checkpoint")

@@ -1,7 +1,7 @@
 """The RL recipe: ``accelerate launch -m nanosft.rl --config configs/rl-d20.yaml [--set key=value ...]``.
 
 nanochat's GSM8K reinforcement stage (scripts/chat_rl.py) after SFT, on ``NanoRLTrainer``
-(nanosft/rl_trainer.py, which says why it is not TRL's GRPOTrainer). Read top to bottom, as
+(nanosft/training/rl_trainer.py, which says why it is not TRL's GRPOTrainer). Read top to bottom, as
 ``nanosft.train``: config -> tokenizer -> problems (train shuffled with ``mixture_seed``, held-out for
 pass@k) -> reward -> model (the SFT checkpoint) -> trainer -> train -> save. Outputs in ``output_dir``
 as in SFT: resumable ``checkpoint-<step>/`` folders whose ``nanosft_state.json`` says ``"stage": "rl"``
@@ -18,14 +18,23 @@ import os
 import random
 import sys
 
+from transformers import set_seed
+
 from .errors import run_cli
+from .eval.rewards import load_rl_problems, resolve_reward
+from .files import write_json_atomic
+from .models.pretrained import load_model, load_tokenizer
+from .optim.schedule import LR_KEYS, resolve_learning_rates
+from .report.report import write_report
+from .train import cpu_launch_fix, early_checks
+from .training.checkpoint import redact, redact_overrides, remove_checkpoints, resolve_resume, versions
+from .training.config import ConfigError, build_config, config_arg_parser, read_config_dict
+from .training.rl_trainer import NanoRLConfig, NanoRLTrainer, PassAtKCallback
 
 logger = logging.getLogger("nanosft.rl")
 
 
 def parse_args(argv=None):
-    from .config import config_arg_parser
-
     parser = config_arg_parser("python -m nanosft.rl", __doc__.split("\n")[0],
                                "configs/rl-tiny.yaml, configs/rl-d20.yaml")
     return parser.parse_args(argv)
@@ -37,8 +46,6 @@ def load_problems(cfg):
     Raises:
         ValueError: an unknown reward name or an unimportable reward function.
     """
-    from .rewards import load_rl_problems, resolve_reward
-
     reward_fn = resolve_reward(cfg.reward or cfg.task)
     train = load_rl_problems(cfg.task, cfg.train_split, cfg.data_dir,
                              cfg.max_problems if cfg.task == "spellingbee" else None)
@@ -55,11 +62,6 @@ def load_problems(cfg):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .config import ConfigError, build_config, read_config_dict
-    from .rewards import resolve_reward
-    from .rl_trainer import NanoRLConfig
-    from .checkpoint import remove_checkpoints
-    from .train import cpu_launch_fix, early_checks
 
     raw = read_config_dict(args.config, args.overrides, NanoRLConfig)  # validates before anything heavy
     cfg = build_config(cpu_launch_fix(dict(raw)), args.config, NanoRLConfig)
@@ -70,12 +72,6 @@ def main(argv=None) -> int:
     overwritten = early_checks(cfg)  # model path, output_dir checkpoints, distributed launch
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
-    from transformers import set_seed
-
-    from .checkpoint import redact, redact_overrides, resolve_resume, write_json_atomic
-    from .rl_trainer import NanoRLTrainer, PassAtKCallback
-    from .schedule import LR_KEYS, resolve_learning_rates
-    from .train import load_model, load_tokenizer, versions
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
@@ -114,7 +110,6 @@ def main(argv=None) -> int:
         tokenizer.save_pretrained(cfg.output_dir)
         trainer.create_model_card()
         logger.info("saved the RL model to %s", cfg.output_dir)
-        from .report import write_report
 
         write_report(cfg.output_dir)
     return 0

@@ -15,40 +15,31 @@ import logging
 import os
 import sys
 
-from .errors import run_cli
-from .prepare import check_supervision  # noqa: F401  (re-exported: the check runs when the data are prepared)
+import torch
+from torch.utils.data import DataLoader
+from transformers import set_seed
+
+from .data.prepare import prepare_from_config
+from .errors import ConfigError, run_cli
+from .eval.callbacks import BitsPerByteCallback, ChatCoreCallback
+from .eval.chatcore import split_metric_key
+from .files import write_json_atomic
+from .models.lora import adapter_optimizer, build_lora_config
+from .models.pretrained import check_model_source, load_model, load_tokenizer
+from .optim.schedule import LR_KEYS, inherit_batch_shape, resolve_learning_rates
+from .report.report import write_report
+from .training.checkpoint import (check_output_dir, latest_metrics, redact, redact_overrides, remove_checkpoints,
+                                  resolve_resume, versions)
+from .training.config import build_config, config_arg_parser, read_config_dict
+from .training.trainer import NanoSFTTrainer
 
 logger = logging.getLogger("nanosft.train")
 
 
 def parse_args(argv=None):
-    from .config import config_arg_parser
-
     parser = config_arg_parser("python -m nanosft.train", __doc__.split("\n")[0],
                                "configs/tiny.yaml, configs/d12.yaml, ...")
     return parser.parse_args(argv)
-
-
-def load_tokenizer(cfg):
-    """The tokenizer named by the config, with the nanochat special tokens and chat template."""
-    from transformers import AutoTokenizer
-
-    from .pretrained import resolve_model_path
-    from .tokenizer import add_nanochat_special_tokens, build_nanochat_tokenizer
-
-    # pkg://<package>/<file> and *.gguf paths (nanosft/pretrained.py); model_init_kwargs only for the model's own
-    path, kw = resolve_model_path(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
-                                  None if cfg.tokenizer_name_or_path else cfg.model_init_kwargs)
-    if path and os.path.isfile(os.path.join(path, "tokenizer.tiktoken")):
-        return build_nanochat_tokenizer(path)
-    if not cfg.tokenizer_name_or_path and is_nanochat_checkpoint(cfg.model_name_or_path):
-        from .convert import find_tokenizer_dir, load_nanochat_tokenizer
-
-        return load_nanochat_tokenizer(find_tokenizer_dir(cfg.model_name_or_path))
-    tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kw.items() if k == "gguf_file"})
-    if cfg.add_special_tokens:
-        add_nanochat_special_tokens(tokenizer)
-    return tokenizer
 
 
 def build_datasets(cfg, tokenizer):
@@ -60,8 +51,6 @@ def build_datasets(cfg, tokenizer):
     Returns:
         ``(train_rows, eval_rows | None, stats)`` where stats maps dataset label -> supervision stats.
     """
-    from .prepare import prepare_from_config
-
     with cfg.main_process_first(desc="prepare the data"):
         train, evaluation = prepare_from_config(cfg, tokenizer)
     for src, s in train.stats.items():
@@ -70,71 +59,8 @@ def build_datasets(cfg, tokenizer):
     return train.rows, evaluation.rows if evaluation is not None else None, train.stats
 
 
-def load_model(cfg, tokenizer):
-    """The base model: fresh from ``model_config`` or ``from_pretrained(model_name_or_path)``.
-
-    The embeddings are resized to the tokenizer, ``padding_idx`` is released (every special token row
-    must train), and the generation config stops at ``<|assistant_end|>``.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, NanoChatConfig, NanoChatForCausalLM
-
-    from .tokenizer import ASSISTANT_END, BOS, release_padding_idx
-
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    if cfg.model_config is not None:
-        mc = dict(cfg.model_config)
-        mc.setdefault("vocab_size", len(tokenizer))
-        mc.setdefault("max_position_embeddings", cfg.max_length)
-        model = NanoChatForCausalLM(NanoChatConfig(pad_token_id=None, **mc)).to(dtype)
-    elif is_nanochat_checkpoint(cfg.model_name_or_path):  # nanochat base_checkpoints/<tag>: convert once
-        from .convert import convert_checkpoint
-
-        converted = os.path.join(cfg.output_dir, "_nanochat_base")  # "_*": never uploaded by the Hub push
-        with cfg.main_process_first(desc="convert the nanochat checkpoint"):
-            if cfg.process_index == 0 or not os.path.isfile(os.path.join(converted, "config.json")):
-                convert_checkpoint(cfg.model_name_or_path, converted,
-                                   tokenizer_dir=cfg.tokenizer_name_or_path if cfg.tokenizer_name_or_path
-                                   and not os.path.isfile(os.path.join(cfg.tokenizer_name_or_path, "tokenizer.json"))
-                                   else None)
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
-    else:
-        from .pretrained import drop_gguf_quantizer, resolve_model_path
-
-        path, kw = resolve_model_path(cfg.model_name_or_path, cfg.model_init_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, **{"dtype": dtype, **kw})
-        drop_gguf_quantizer(model)  # a dequantized GGUF: trainable and saveable once the marker is gone
-    old_vocab = model.get_input_embeddings().weight.shape[0]
-    if old_vocab < len(tokenizer):
-        from .pretrained import init_from_equivalent_tokens
-
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        init_from_equivalent_tokens(model, tokenizer, list(range(old_vocab, len(tokenizer))))  # <|im_end|> -> ...
-    model.nanosft_new_token_ids = list(range(old_vocab, len(tokenizer)))  # LoRA trains these rows (nanosft/lora.py)
-    release_padding_idx(model)
-    end_id, bos_id = tokenizer.convert_tokens_to_ids(ASSISTANT_END), tokenizer.convert_tokens_to_ids(BOS)
-    model.config.bos_token_id = bos_id
-    model.config.eos_token_id = end_id
-    model.generation_config.bos_token_id = bos_id
-    model.generation_config.eos_token_id = end_id
-    model.generation_config.pad_token_id = bos_id  # generate() needs one; only used to fill finished rows
-    model.config.use_cache = True  # for serving; compute_loss passes use_cache=False in training
-    return model
-
-
-def is_nanochat_checkpoint(path) -> bool:
-    """A nanochat checkpoint folder (``model_<step>.pt`` + ``meta_<step>.json``); see ``nanosft.convert``."""
-    from .convert import is_nanochat_checkpoint as check
-
-    return check(path)
-
-
 def attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows) -> None:
     """ChatCORE every ``chatcore_every`` steps; validation bits per byte at the eval cadence (``eval_steps``)."""
-    from torch.utils.data import DataLoader
-
-    from .callbacks import BitsPerByteCallback, ChatCoreCallback
-
     if cfg.chatcore_every and cfg.chatcore_every > 0:
         ChatCoreCallback(tokenizer, tasks=cfg.chatcore_tasks, every=cfg.chatcore_every,
                          max_categorical=cfg.chatcore_max_categorical, max_generative=cfg.chatcore_max_generative,
@@ -156,8 +82,6 @@ def cpu_launch_fix(raw: dict) -> dict:
     else to run on, so the fix is safe and made here (with a warning). Not under DeepSpeed or FSDP:
     ``use_cpu`` would turn them off (DeepSpeed on CPU needs ``ddp_backend: gloo`` instead).
     """
-    import torch
-
     def env_true(name):
         return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
@@ -179,8 +103,6 @@ def check_distributed(cfg) -> None:
     Raises:
         ConfigError: ``WORLD_SIZE`` > 1 but the Trainer's ``world_size`` differs; names the fixing flags.
     """
-    from .errors import ConfigError
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and cfg.world_size != world:
         raise ConfigError(f"{world} processes were launched but the Trainer runs {cfg.world_size} (not distributed, "
@@ -199,9 +121,6 @@ def early_checks(cfg) -> list[str]:
             neither a local path nor a Hub model; checkpoints in ``output_dir`` with neither
             ``resume_from_checkpoint`` nor ``overwrite_output_dir``; a missing resume checkpoint.
     """
-    from .checkpoint import check_output_dir, resolve_resume
-    from .pretrained import check_model_source
-
     check_distributed(cfg)
     if cfg.model_config is None:
         check_model_source(cfg.model_name_or_path, "model_name_or_path")
@@ -212,9 +131,6 @@ def early_checks(cfg) -> list[str]:
 
 def summary_line(trainer, cfg) -> str:
     """The run's last line: final training loss, ChatCORE if it ran, and where the model and report are."""
-    from .chatcore import split_metric_key
-    from .checkpoint import latest_metrics
-
     history = trainer.state.log_history
     loss = next((e["loss"] for e in reversed(history) if "loss" in e), None)
     chatcore = {k: v for k, v in latest_metrics(history).items()
@@ -226,23 +142,8 @@ def summary_line(trainer, cfg) -> str:
     return f"done at step {trainer.state.global_step}: " + ", ".join(parts)
 
 
-def versions() -> dict:
-    """Versions of the libraries a run depends on."""
-    import accelerate
-    import torch
-    import transformers
-    import trl
-
-    from . import __version__
-
-    return {"nanosft": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "accelerate": accelerate.__version__, "python": sys.version.split()[0]}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .config import build_config, read_config_dict
-    from .schedule import inherit_batch_shape
 
     raw = read_config_dict(args.config, args.overrides)  # validates before anything heavy
     raw, inherited = inherit_batch_shape(raw)  # T and batch sizes of a nanochat base, unless the config sets them
@@ -252,9 +153,6 @@ def main(argv=None) -> int:
     for line in inherited:
         logger.info(line)
     overwritten = early_checks(cfg)
-    from transformers import set_seed
-
-    from .trainer import NanoSFTTrainer
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
@@ -262,16 +160,13 @@ def main(argv=None) -> int:
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
 
-    from .schedule import LR_KEYS, resolve_learning_rates
-
     # LRs: the config's value > the base checkpoint's training config > nanochat's defaults (logged)
     base = cfg.model_name_or_path if cfg.model_config is None else None
     for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
         setattr(cfg, key, value)
 
     peft_config = None
-    if cfg.peft:  # LoRA (nanosft/lora.py): new token rows trainable; adapters train with AdamW
-        from .lora import adapter_optimizer, build_lora_config
+    if cfg.peft:  # LoRA (nanosft/models/lora.py): new token rows trainable; adapters train with AdamW
 
         peft_config = build_lora_config(cfg.peft, model, getattr(model, "nanosft_new_token_ids", None))
         cfg.optimizer = adapter_optimizer(cfg.optimizer)
@@ -279,7 +174,6 @@ def main(argv=None) -> int:
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
-    from .checkpoint import redact, redact_overrides, remove_checkpoints, resolve_resume, write_json_atomic
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
     trainer.run_config = raw  # recorded in every checkpoint's nanosft_state.json
@@ -301,9 +195,8 @@ def main(argv=None) -> int:
         tokenizer.save_pretrained(cfg.output_dir)
         trainer.create_model_card()  # README.md: nanosft's card with the final metrics
         logger.info("saved the chat model to %s", cfg.output_dir)
-        from .report import write_report
 
-        write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report.py)
+        write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report/report.py)
         print(summary_line(trainer, cfg), flush=True)
     return 0
 

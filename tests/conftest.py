@@ -48,7 +48,7 @@ def full_data_dir():
 
 @pytest.fixture(scope="session")
 def nanochat_tokenizer():
-    from nanosft.tokenizer import build_nanochat_tokenizer
+    from nanosft.format.tokenizer import build_nanochat_tokenizer
 
     return build_nanochat_tokenizer(TOKENIZER_DIR)
 

@@ -1,4 +1,4 @@
-"""nanosft.callbacks: bits per byte by hand, and ChatCORE/bpb metrics reaching every log consumer."""
+"""nanosft.eval.callbacks: bits per byte by hand, and ChatCORE/bpb metrics reaching every log consumer."""
 
 import copy
 import logging
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from nanosft.callbacks import BitsPerByteCallback, ChatCoreCallback, evaluate_bpb, token_bytes
+from nanosft.eval.callbacks import BitsPerByteCallback, ChatCoreCallback, evaluate_bpb, token_bytes
 
 from conftest import DATA_DIR as DATA  # noqa: E402  (the shared data folder, NANOSFT_DATA_DIR)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +164,7 @@ def test_unattached_callback_warns_and_still_fills_log_history(tmp_path, tokeniz
     trainer = Trainer(
         model=tiny_model(), args=args, train_dataset=_lm_batches(), data_collator=_collate, callbacks=[cb]
     )
-    with caplog.at_level(logging.WARNING, logger="nanosft.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.eval.callbacks"):
         trainer.train()
     assert "attach" in caplog.text
     assert any("chatcore/ARC-Easy" in h for h in trainer.state.log_history)

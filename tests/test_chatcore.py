@@ -1,4 +1,4 @@
-"""nanosft.chatcore and the eval CLI: task data, prompts, scoring, ChatCORE arithmetic, batched eval."""
+"""nanosft.eval.chatcore and the eval CLI: task data, prompts, scoring, ChatCORE arithmetic, batched eval."""
 
 import copy
 import gc
@@ -10,8 +10,8 @@ import weakref
 import pytest
 import torch
 
-from nanosft import chatcore
-from nanosft.tasks import DataSourceError
+from nanosft.eval import chatcore
+from nanosft.data.tasks import DataSourceError
 
 from conftest import DATA_DIR as DATA  # noqa: E402  (the embedded data folder)
 from conftest import needs_full_data  # noqa: E402
@@ -60,7 +60,7 @@ def test_mmlu_local_has_all_subjects_and_capping_mixes_them(full_data_dir):
 def test_arc_prompt_matches_nanochat_format():
     with open(os.path.join(DATA, "arc", "arc_easy_test.jsonl"), encoding="utf-8") as f:
         first = json.loads(f.readline())
-    from nanosft.tasks.arc import load_problems
+    from nanosft.data.tasks.arc import load_problems
 
     p = load_problems("ARC-Easy", data_dir=DATA)[0]
     question = first["query"][len("Question: ") :]
@@ -142,7 +142,7 @@ def test_spellingbee_cap_takes_the_first_examples():
     # nanochat's SpellingBee draws example i from its own seed and was never shuffled
     full = chatcore.load_problems("SpellingBee", data_dir=DATA)
     assert chatcore.load_problems("SpellingBee", data_dir=DATA, max_problems=5) == full[:5]
-    from nanosft.tasks import spellingbee
+    from nanosft.data.tasks import spellingbee
 
     words = spellingbee.load_words(DATA)
     assert full[3]["messages"] == spellingbee.spelling_bee_conversation(words, 3, "test")
@@ -347,7 +347,7 @@ def test_run_chatcore_on_a_tiny_model_restores_train_mode(tokenizer, tiny_model)
 
 
 def test_eval_cli_writes_json_and_prints_a_table(tmp_path, tokenizer, capsys, tiny_model):
-    from nanosft.eval import main
+    from nanosft.eval.__main__ import main
 
     ckpt = tmp_path / "ckpt"
     tiny_model(init=0.02).save_pretrained(ckpt)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
 from ckpt_common import ENV, REPO, tiny_overrides  # noqa: E402
 
-from nanosft import checkpoint as ckpt  # noqa: E402
+from nanosft.training import checkpoint as ckpt  # noqa: E402
 
 STEPS, SAVE = 7, 3  # checkpoints at 3, 6 and 7 (the end)
 TRAIN = [sys.executable, "-m", "nanosft.train", "--config", "configs/tiny.yaml"]

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from nanosft.config import ConfigError, load_config, read_config_dict
-from nanosft.data import DatasetSpec, load_mixture
-from nanosft.tasks import DataSourceError
+from nanosft.training.config import ConfigError, load_config, read_config_dict
+from nanosft.data.mixture import DatasetSpec, load_mixture
+from nanosft.data.tasks import DataSourceError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

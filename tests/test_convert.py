@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanosft.convert import UnsupportedCheckpointError, convert_checkpoint
+from nanosft.models.convert import UnsupportedCheckpointError, convert_checkpoint
 
 VOCAB, D, LAYERS, HEADS, KV_HEADS, T = 65536, 64, 2, 4, 2, 16
 
@@ -111,7 +111,7 @@ def test_converted_checkpoint_matches_nanochat_forward_and_carries_tokenizer(tmp
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     assert ids[:2] == [65527, 65528] and ids[-1] == 65530  # <|bos|> <|user_start|> ... <|assistant_start|>
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 65531
-    assert (out / "meta_001200.json").is_file()  # base LRs stay inheritable (nanosft.schedule)
+    assert (out / "meta_001200.json").is_file()  # base LRs stay inheritable (nanosft.optim.schedule)
 
 
 def test_unplaceable_tensors_are_listed_never_dropped(tmp_path, tok_src):
@@ -144,7 +144,7 @@ def test_tokenizer_pkl_is_read_like_nanochat_saves_it(tmp_path, tok_src, nanocha
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
-    from nanosft.convert import load_nanochat_tokenizer
+    from nanosft.models.convert import load_nanochat_tokenizer
 
     meta = json.loads(open(os.path.join(tok_src, "tokenizer_meta.json")).read())
     enc = tiktoken.Encoding(name="rustbpe", pat_str=meta["pattern"],
@@ -169,4 +169,4 @@ def test_train_takes_a_nanochat_folder_directly_from_the_config(tmp_path, tok_sr
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "_nanochat_base" / "model.safetensors").is_file() and (out / "model.safetensors").is_file()
-    assert "nanosft.convert: converted" in proc.stderr
+    assert "nanosft.models.convert: converted" in proc.stderr

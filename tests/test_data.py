@@ -1,12 +1,12 @@
-"""nanosft/data.py validation, rendering and statistics; nanosft/train.py startup checks."""
+"""nanosft/data/mixture.py validation, rendering and statistics; nanosft/train.py startup checks."""
 
 import json
 import logging
 
 import pytest
 
-from nanosft.data import DatasetSpec, DataValidationError, load_mixture, render_dataset, supervision_stats
-from nanosft.template import ChatRenderer
+from nanosft.data.mixture import DatasetSpec, DataValidationError, load_mixture, render_dataset, supervision_stats
+from nanosft.format.template import ChatRenderer
 
 GOOD = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 
@@ -57,7 +57,7 @@ def test_skip_invalid_skips_bad_rows_and_logs_count(tmp_path, caplog):
     rows = [GOOD] + [BAD_ROWS[k][0] for k in sorted(BAD_ROWS)] + [GOOD, GOOD]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     spec = DatasetSpec.from_dict({"name": "jsonl", "path": path})
-    with caplog.at_level(logging.WARNING, logger="nanosft.data"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.data.mixture"):
         convs, _ = load_mixture([spec], data_dir=None, skip_invalid=True)
     assert len(convs) == 3
     assert f"skipped {len(BAD_ROWS)} invalid rows of {len(rows)}" in caplog.text
@@ -102,13 +102,13 @@ def _rendered(rows):
 
 
 def test_check_supervision_accepts_a_normal_rendering(nanochat_tokenizer):
-    from nanosft.train import check_supervision
+    from nanosft.data.prepare import check_supervision
 
     check_supervision(_rendered(ChatRenderer(nanochat_tokenizer).render_batch([GOOD, GOOD])), nanochat_tokenizer)
 
 
 def test_check_supervision_refuses_nothing_supervised(nanochat_tokenizer):
-    from nanosft.train import check_supervision
+    from nanosft.data.prepare import check_supervision
 
     ids, mask = ChatRenderer(nanochat_tokenizer).render(GOOD)
     with pytest.raises(ValueError, match="no supervised token"):
@@ -116,7 +116,7 @@ def test_check_supervision_refuses_nothing_supervised(nanochat_tokenizer):
 
 
 def test_check_supervision_refuses_no_supervised_assistant_end(nanochat_tokenizer):
-    from nanosft.train import check_supervision
+    from nanosft.data.prepare import check_supervision
 
     # truncation that cuts every <|assistant_end|> away: the model would never learn to stop
     ids, mask = ChatRenderer(nanochat_tokenizer, max_tokens=7).render(GOOD)
@@ -137,7 +137,7 @@ def test_max_rows_is_a_seeded_subset_across_mmlu_subjects(full_data_dir):
 
     data_dir = full_data_dir
 
-    from nanosft.tasks import mmlu
+    from nanosft.data.tasks import mmlu
 
     full = [p["messages"] for p in mmlu.load_problems("val", data_dir)]
     spec = DatasetSpec.from_dict({"name": "mmlu", "split": "val", "max_rows": 160})

@@ -1,7 +1,7 @@
 """The recipe under 2 processes on CPU (gloo): DDP, DeepSpeed ZeRO-2 and ZeRO-3 with the repo's launch configs.
 
 Each run is the tiny recipe with ``optimizer: adamw`` (the same grouped torch AdamW in every mode; DeepSpeed's
-Muon has other math than MuonAdamW, see nanosft/muon.py) and one global batch of 4 rows: 1 process x 4 rows
+Muon has other math than MuonAdamW, see nanosft/optim/muon.py) and one global batch of 4 rows: 1 process x 4 rows
 against 2 processes x 2 rows. accelerate's ``BatchSamplerShard`` gives rank r the r-th batch of 2 of the same
 seeded order, so each step sees the same 4 rows, and the loss is normalized by the supervised tokens of the
 whole step across ranks: the logged loss of every step must agree within 1e-4.

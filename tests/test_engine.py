@@ -1,4 +1,4 @@
-"""nanosft.engine: the calculator, tool injection inside generate, batched == one-at-a-time."""
+"""nanosft.eval.engine: the calculator, tool injection inside generate, batched == one-at-a-time."""
 
 import copy
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from nanosft.engine import generate_batch, use_calculator
-from nanosft.tokenizer import special_token_ids
+from nanosft.eval.engine import generate_batch, use_calculator
+from nanosft.format.tokenizer import special_token_ids
 
 
 

@@ -1,4 +1,4 @@
-"""nanosft/formats.py through nanosft/data.py: every format and file type renders exactly like the same
+"""nanosft/data/formats.py through nanosft/data/mixture.py: every format and file type renders exactly like the same
 conversations written in nanochat's messages form; refusals and errors are one line with file and position."""
 
 import csv
@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from nanosft.data import DatasetSpec, DataValidationError, load_mixture
-from nanosft.formats import FORMATS
-from nanosft.tasks import DataSourceError
-from nanosft.template import ChatRenderer
+from nanosft.data.mixture import DatasetSpec, DataValidationError, load_mixture
+from nanosft.data.formats import FORMATS
+from nanosft.data.tasks import DataSourceError
+from nanosft.format.template import ChatRenderer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAREGPT_SAMPLE = os.path.join(HERE, "data", "sharegpt_sample.json")
@@ -305,7 +305,7 @@ def test_config_errors_name_the_key(spec, reason):
 def test_hub_rows_take_the_format_and_report_row_index(monkeypatch, nanochat_tokenizer, tmp_path):
     import datasets
 
-    import nanosft.data
+    import nanosft.data.tasks.registry
 
     rows = [{"id": str(i), "extra": i, "chat": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
             for i, (q, a) in enumerate(QA)]
@@ -315,7 +315,7 @@ def test_hub_rows_take_the_format_and_report_row_index(monkeypatch, nanochat_tok
         seen["args"] = (repo_id, args, split)
         return datasets.Dataset.from_list(rows)
 
-    monkeypatch.setattr(nanosft.data, "load_hub", fake_hub)
+    monkeypatch.setattr(nanosft.data.tasks.registry, "load_hub", fake_hub)
     spec = {"name": "hub", "hub_id": "org/chats", "format": "sharegpt", "messages_field": "chat"}
     got = load(spec)
     assert seen["args"] == ("org/chats", (), "train")
@@ -346,7 +346,7 @@ def test_every_format_has_a_readme_example(nanochat_tokenizer, tmp_path):
 
 
 def test_inspect_shows_a_row_of_each_format(tmp_path, data_dir, capsys):
-    from nanosft.inspect import main
+    from nanosft.inspect_data import main
 
     lines = []
     for name, fmt in FORMATS.items():
@@ -366,8 +366,8 @@ def test_inspect_shows_a_row_of_each_format(tmp_path, data_dir, capsys):
 def test_lazy_jsonl_rows_equal_read_jsonl_row_by_row(tmp_path):
     """``read_files`` parses a JSON-lines file when each row is indexed (``JsonlLines``): same rows, same
     InvalidLine reasons and 1-based lines as reading it whole, blank lines (also Unicode blanks) skipped."""
-    from nanosft.formats import read_files
-    from nanosft.tasks import InvalidLine, JsonlLines, read_jsonl
+    from nanosft.data.formats import read_files
+    from nanosft.data.tasks import InvalidLine, JsonlLines, read_jsonl
 
     path = tmp_path / "mixed.jsonl"
     good = {"messages": MESSAGES[0]}
@@ -393,7 +393,7 @@ def test_hub_rows_read_in_blocks_equal_to_list():
     """A Hub dataset's rows are read 1,000 at a time when indexed (``DatasetRows``), equal to ``to_list``."""
     import datasets
 
-    from nanosft.data import DatasetRows
+    from nanosft.data.tasks.registry import DatasetRows
 
     rows = [{"id": str(i), "chat": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}],
              "note": None if i % 2 else "x"} for i in range(25)]

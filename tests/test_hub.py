@@ -114,8 +114,8 @@ def test_push_to_hub_uploads_the_card_and_never_writes_the_token(fake_hub, tmp_p
 def test_card_has_the_chatcore_table(tmp_path):
     from types import SimpleNamespace
 
-    from nanosft.config import NanoSFTConfig
-    from nanosft.hub import build_model_card
+    from nanosft.training.config import NanoSFTConfig
+    from nanosft.training.hub import build_model_card
 
     args = NanoSFTConfig(output_dir=str(tmp_path), model_name_or_path="karpathy/nanochat-d20", report_to="none")
     history = [{"loss": 1.0, "step": 1},
@@ -141,8 +141,8 @@ def test_card_has_the_chatcore_table(tmp_path):
     ("hub_token", "", False), ("max_length", "128", False), ("monkey", "banana", False),
     ("model_name_or_path", "hf_short", False), ("hub_model_id", "org/tiny", False)])
 def test_records_overrides_and_report_redact_the_same_secrets(key, value, secret):
-    from nanosft.checkpoint import redact, redact_overrides
-    from nanosft.report import config_table
+    from nanosft.training.checkpoint import redact, redact_overrides
+    from nanosft.report.report import config_table
 
     expected = "<redacted>" if secret else value
     assert redact({key: value, "datasets": [{"name": "x", key: value}]}) == \

@@ -1,11 +1,11 @@
-"""nanosft/inspect.py: samples with supervision markers and per-dataset statistics, as training sees them."""
+"""nanosft/inspect_data.py: samples with supervision markers and per-dataset statistics, as training sees them."""
 
 import re
 
 import pytest
 
-from nanosft.inspect import GREEN, RED, RESET, format_conversation, main, mask_spans
-from nanosft.template import ChatRenderer
+from nanosft.inspect_data import GREEN, RED, RESET, format_conversation, main, mask_spans
+from nanosft.format.template import ChatRenderer
 
 CONV = [{"role": "user", "content": "What is 48/2?"},
         {"role": "assistant", "content": [{"type": "text", "text": "It is "}, {"type": "python", "text": "48/2"},
@@ -65,7 +65,7 @@ def test_cli_color_always(tmp_path, data_dir, capsys):
 
 
 def test_cli_reports_invalid_rows_like_training(tmp_path, data_dir):
-    from nanosft.data import DataValidationError
+    from nanosft.data.mixture import DataValidationError
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('[{"role": "user", "content": "hi"}]\n')

@@ -1,7 +1,7 @@
 """Logging integrations through ``report_to``: TensorBoard writes events offline; wandb/trackio are accepted keys.
 
 One real 2-step ``nanosft.train`` run (in-process, fresh tiny model, T=256) also shows that every run ends
-with ``report.md`` next to the model (nanosft/report.py).
+with ``report.md`` next to the model (nanosft/report/report.py).
 """
 
 import glob
@@ -10,7 +10,7 @@ import os
 import pytest
 import yaml
 
-from nanosft.config import read_config_dict
+from nanosft.training.config import read_config_dict
 
 
 @pytest.fixture(scope="module")

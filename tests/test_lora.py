@@ -1,4 +1,4 @@
-"""LoRA (nanosft/lora.py, nanosft/merge.py): only adapter weights train; the merged model is the PEFT model."""
+"""LoRA (nanosft/models/lora.py, nanosft/merge.py): only adapter weights train; the merged model is the PEFT model."""
 
 import json
 import logging
@@ -6,13 +6,13 @@ import logging
 import pytest
 import torch
 
-from nanosft.config import NanoSFTConfig
-from nanosft.data import DatasetSpec, load_mixture, render_dataset
-from nanosft.lora import adapter_optimizer, build_lora_config
-from nanosft.packing import pack_dataset
-from nanosft.template import ChatRenderer
-from nanosft.train import load_model
-from nanosft.trainer import NanoSFTTrainer
+from nanosft.training.config import NanoSFTConfig
+from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset
+from nanosft.models.lora import adapter_optimizer, build_lora_config
+from nanosft.data.packing import pack_dataset
+from nanosft.format.template import ChatRenderer
+from nanosft.models.pretrained import load_model
+from nanosft.training.trainer import NanoSFTTrainer
 
 T = 64
 PEFT = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
@@ -75,7 +75,7 @@ def test_lm_head_is_refused_as_a_lora_target(lora_run):
 
 
 def test_muon_with_lora_warns_and_uses_adamw(caplog):
-    with caplog.at_level(logging.WARNING, logger="nanosft.lora"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.models.lora"):
         assert adapter_optimizer("muon") == "adamw"
     assert "AdamW" in caplog.text
 
@@ -84,7 +84,7 @@ def test_merge_cli_gives_a_plain_model_with_the_peft_logits(lora_run):
     from transformers import AutoModelForCausalLM
 
     from nanosft import merge
-    from nanosft.tokenizer import ASSISTANT_END
+    from nanosft.format.tokenizer import ASSISTANT_END
 
     trainer, tmp = lora_run["trainer"], lora_run["tmp"]
     run_dir, merged_dir = tmp / "run", tmp / "merged"

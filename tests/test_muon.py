@@ -1,4 +1,4 @@
-"""Tests for nanosft/muon.py: each formula against a float64 reference written here from
+"""Tests for nanosft/optim/muon.py: each formula against a float64 reference written here from
 nanochat-reference.md ("Muon as nanochat uses it"), grouping on NanoChat and Llama, the
 transformers factory hook, warm start, DeepSpeed preparation, and 2-process DDP."""
 
@@ -13,8 +13,8 @@ from conftest import free_port  # noqa: E402  (rendezvous port of the multi-proc
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, NanoChatConfig, NanoChatForCausalLM
 
-from nanosft.muon import MuonAdamW, build_optimizer, orthogonalize
-from nanosft.warm_start import load_warm_start
+from nanosft.optim.muon import MuonAdamW, build_optimizer, orthogonalize
+from nanosft.optim.warm_start import load_warm_start
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -309,13 +309,13 @@ def test_warm_start_from_older_nanochat_two_optimizer_file(tmp_path):
 
 def test_warm_start_absent_says_so_and_continues(tmp_path, caplog):
     opt = build_optimizer(tiny_nanochat())
-    with caplog.at_level(logging.WARNING, logger="nanosft.muon"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.optim.muon"):
         assert load_warm_start(opt, str(tmp_path)) is False
     assert "fresh optimizer" in caplog.text and not opt.state
 
 
 def test_prepare_deepspeed_muon_tags_matrices_and_fixes_config():
-    from nanosft.muon import prepare_deepspeed_muon
+    from nanosft.optim.muon import prepare_deepspeed_muon
 
     model = tiny_nanochat()
     opt, config = prepare_deepspeed_muon(model, {"zero_optimization": {"stage": 3}, "gradient_clipping": "auto"})

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason=f"nanochat fi
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    from nanosft.convert import convert_checkpoint
+    from nanosft.models.convert import convert_checkpoint
 
     out = str(tmp_path_factory.mktemp("nanochat_gpt") / "hf")
     return convert_checkpoint(os.path.join(FIXTURE, "base_checkpoints", "d4"), out)
@@ -105,7 +105,7 @@ def test_beam_search_scores_equal_the_full_forward(converted, reference):
 
 
 def _packed(reference, lens, attention):
-    from nanosft.packing import PackedCollator
+    from nanosft.data.packing import PackedCollator
 
     ids = reference["input_ids"][0].tolist()
     row = ids[: sum(lens)]
@@ -226,7 +226,7 @@ MUON_STACKS = {  # first param index in the file -> our names, stacked in this o
 
 
 def nanochat_optimizer(model, **kw):
-    from nanosft.muon import build_optimizer
+    from nanosft.optim.muon import build_optimizer
 
     # the fixture's base_train settings (meta user_config); init_lr_frac 1 to compare with the file's LRs
     args = dict(embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, init_lr_frac=1.0)
@@ -253,14 +253,14 @@ def test_optimizer_groups_equal_nanochats_table(converted):
 
 
 def test_muon_momentum_ramps_over_300_steps():
-    from nanosft.muon import momentum_at
+    from nanosft.optim.muon import momentum_at
 
     assert momentum_at(0) == pytest.approx(0.85) and momentum_at(150) == pytest.approx(0.90)
     assert momentum_at(300) == pytest.approx(0.95) and momentum_at(1000) == pytest.approx(0.95)
 
 
 def test_warm_start_holds_exactly_the_files_buffers(converted):
-    from nanosft.warm_start import load_warm_start
+    from nanosft.optim.warm_start import load_warm_start
 
     saved = torch.load(os.path.join(BASE, "optim_000003_rank0.pt"), map_location="cpu", weights_only=True)
     model = load(converted)
@@ -283,7 +283,7 @@ def test_warm_start_holds_exactly_the_files_buffers(converted):
 
 
 def test_warm_start_refuses_mismatched_shapes_naming_them(converted, tmp_path):
-    from nanosft.warm_start import load_warm_start
+    from nanosft.optim.warm_start import load_warm_start
 
     saved = torch.load(os.path.join(BASE, "optim_000003_rank0.pt"), map_location="cpu", weights_only=True)
     saved["state"][4]["exp_avg"] = torch.zeros(5)  # resid_lambdas of a depth-5 model

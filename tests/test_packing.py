@@ -4,7 +4,7 @@ import datasets
 import pytest
 import torch
 
-from nanosft.packing import PackedCollator, pack_best_fit, pack_best_fit_decreasing, pack_dataset
+from nanosft.data.packing import PackedCollator, pack_best_fit, pack_best_fit_decreasing, pack_dataset
 
 
 def test_best_fit_takes_the_longest_conversation_that_fits():
@@ -103,8 +103,8 @@ def test_document_attention_makes_a_packed_row_equal_each_conversation_alone(tin
 
 
 def test_real_mix_packs_without_dropping_tokens(nanochat_tokenizer, data_dir):
-    from nanosft.data import DatasetSpec, load_mixture, render_dataset
-    from nanosft.template import ChatRenderer
+    from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset
+    from nanosft.format.template import ChatRenderer
 
     specs = [DatasetSpec.from_dict(d) for d in ({"name": "gsm8k", "max_rows": 400},
                                                   {"name": "spellingbee", "size": 200})]

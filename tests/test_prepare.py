@@ -1,4 +1,4 @@
-"""The prepared-data cache (nanosft/prepare.py): rows identical to the in-memory path, hit and miss, corrupt
+"""The prepared-data cache (nanosft/data/prepare.py): rows identical to the in-memory path, hit and miss, corrupt
 caches rebuilt, best-fit decreasing and overlong splitting, and a 2-process run where only rank 0 renders."""
 
 import json
@@ -10,10 +10,10 @@ import sys
 import pytest
 from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 
-from nanosft.data import DatasetSpec, load_mixture, render_dataset, supervision_stats
-from nanosft.packing import pack_best_fit_decreasing, pack_dataset
-from nanosft.prepare import ROWS_FILE, document_pieces, prepare_rows
-from nanosft.template import ChatRenderer
+from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset, supervision_stats
+from nanosft.data.packing import pack_best_fit_decreasing, pack_dataset
+from nanosft.data.prepare import ROWS_FILE, document_pieces, prepare_rows
+from nanosft.format.template import ChatRenderer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
 from ckpt_common import ENV, REPO, bin_path, tiny_overrides  # noqa: E402
@@ -77,12 +77,12 @@ def test_cache_hit_does_not_load_and_a_changed_input_rebuilds(nanochat_tokenizer
     first = prepare_rows(mix, data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache)
     assert (first.status, first.reason) == ("built", "no cache yet")
 
-    import nanosft.prepare
+    import nanosft.data.prepare
 
     def no_loading(*a, **k):
         raise AssertionError("a cache hit must not load or render")
 
-    monkeypatch.setattr(nanosft.prepare, "iter_conversations", no_loading)
+    monkeypatch.setattr(nanosft.data.prepare, "iter_conversations", no_loading)
     hit = prepare_rows(mix, data_dir, nanochat_tokenizer, max_length=T, cache_dir=cache)
     assert (hit.status, hit.fingerprint, hit.path) == ("hit", first.fingerprint, first.path)
     assert hit.rows[:] == first.rows[:] and hit.stats == first.stats
@@ -190,7 +190,7 @@ def test_two_processes_only_rank_zero_renders(data_dir, tmp_path):
 
 @pytest.mark.parametrize("key,value", [("packing_strategy", "wrapped"), ("overlong", "drop")])
 def test_unknown_packing_options_are_config_errors(key, value):
-    from nanosft.config import ConfigError, build_config
+    from nanosft.training.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match=f"{key}: must be"):
         build_config({"model_config": {"hidden_size": 8}, key: value})

@@ -1,4 +1,4 @@
-"""The run report (nanosft/report.py) from a synthetic run folder with known numbers."""
+"""The run report (nanosft/report/report.py) from a synthetic run folder with known numbers."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from nanosft.report import build_report, chatcore_table, load_log_history, write_report
+from nanosft.eval.chatcore import chatcore_table
+from nanosft.report.report import build_report, load_log_history, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +69,7 @@ def test_report_has_the_tables_and_valid_pngs(run_dir):
 
 
 def test_chatcore_plot_title_mentions_step_0_only_with_a_base_model_point(tmp_path, monkeypatch):
-    from nanosft import report
+    from nanosft.report import report
 
     titles = {}
     monkeypatch.setattr(report, "_plot", lambda path, curves, ylabel, title, logy=False: titles.setdefault(
@@ -98,7 +99,7 @@ def test_chatcore_table_uses_the_config_caps_when_no_counts_are_known():
 
 def test_eval_card_and_report_tables_show_the_same_rows():
     from nanosft.eval import format_table
-    from nanosft.report import chatcore_from_results
+    from nanosft.eval.chatcore import chatcore_from_results
 
     results = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 40, "total": 100, "kind": "categorical",
                                       "baseline": 0.25},

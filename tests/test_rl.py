@@ -1,4 +1,4 @@
-"""The RL stage (nanosft/rl_trainer.py, nanosft/rewards.py, nanosft/rl.py).
+"""The RL stage (nanosft/training/rl_trainer.py, nanosft/eval/rewards.py, nanosft/rl.py).
 
 - Objective: on a hand-built batch (2 problems x 4 samples, one sample with a calculator call), the
   parameter gradients of ``policy_gradient_loss`` over the training passes equal a hand-written REINFORCE
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
-from nanosft.rewards import answer_reward, pass_at_k, pass_at_k_unbiased, resolve_reward
-from nanosft.rl_trainer import build_training_batch, policy_gradient_loss, rollout_seed, sample_completions
-from nanosft.tokenizer import special_token_ids
+from nanosft.eval.rewards import answer_reward, pass_at_k, pass_at_k_unbiased, resolve_reward
+from nanosft.training.rl_trainer import build_training_batch, policy_gradient_loss, rollout_seed, sample_completions
+from nanosft.format.tokenizer import special_token_ids
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
 from ckpt_common import ENV, REPO, bin_path  # noqa: E402
@@ -195,7 +195,7 @@ def test_rewards_are_pluggable():
     assert resolve_reward("os.path:basename") is os.path.basename
     assert resolve_reward("os.path.basename") is os.path.basename
     with pytest.raises(ValueError, match="cannot import"):
-        resolve_reward("nanosft.rewards.nope")
+        resolve_reward("nanosft.eval.rewards.nope")
     assert answer_reward({"reference": "1000"}, "so #### 1,000") == 1.0
     assert answer_reward({"reference": "7"}, "#### 8") == 0.0
 

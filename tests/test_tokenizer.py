@@ -1,4 +1,4 @@
-"""nanosft/tokenizer.py: the nanochat tokenizer equals tiktoken, special tokens on other tokenizers,
+"""nanosft/format/tokenizer.py: the nanochat tokenizer equals tiktoken, special tokens on other tokenizers,
 new embedding rows, and the padding trap (every special token's input-embedding row must train)."""
 
 import importlib.util
@@ -9,8 +9,8 @@ import types
 import pytest
 import torch
 
-from nanosft.template import ChatRenderer
-from nanosft.tokenizer import (
+from nanosft.format.template import ChatRenderer
+from nanosft.format.tokenizer import (
     SPECIAL_TOKENS,
     add_nanochat_special_tokens,
     build_nanochat_tokenizer,
@@ -46,7 +46,7 @@ def tk(data_dir):
 @pytest.fixture(scope="module")
 def real_texts(data_dir):
     """A few thousand real texts: GSM8K questions and answers, identity turns, GPTeacher responses."""
-    from nanosft.tasks import gpteacher, gsm8k, identity
+    from nanosft.data.tasks import gpteacher, gsm8k, identity
 
     texts = []
     for r in gsm8k.load_rows("train", data_dir)[:800]:
@@ -200,7 +200,7 @@ def tool_batch(nanochat_tokenizer, data_dir):
     (``<|user_start|>``, the next ``<|bos|>`` or padding): its input row learns only through the
     attention of a later assistant turn. Small on purpose: the 65,536-wide logits dominate the cost.
     """
-    from nanosft.tasks import gsm8k
+    from nanosft.data.tasks import gsm8k
 
     turns = sorted(gsm8k.load_conversations("train", data_dir)[:40],
                    key=lambda c: len(c[0]["content"]) + sum(len(p["text"]) for p in c[1]["content"]))
@@ -214,7 +214,7 @@ def tool_batch(nanochat_tokenizer, data_dir):
 
 
 def test_every_special_token_embedding_row_gets_gradient_with_load_model(nanochat_tokenizer, tool_batch):
-    from nanosft.train import load_model
+    from nanosft.models.pretrained import load_model
 
     cfg = types.SimpleNamespace(bf16=False, model_name_or_path=None, max_length=128,
                                 model_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from nanosft.config import NanoSFTConfig
-from nanosft.data import DatasetSpec, load_mixture, render_dataset
-from nanosft.packing import pack_dataset
-from nanosft.template import ChatRenderer
-from nanosft.trainer import NanoSFTTrainer
+from nanosft.training.config import NanoSFTConfig
+from nanosft.data.mixture import DatasetSpec, load_mixture, render_dataset
+from nanosft.data.packing import pack_dataset
+from nanosft.format.template import ChatRenderer
+from nanosft.training.trainer import NanoSFTTrainer
 
 T = 128
 

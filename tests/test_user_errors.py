@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port  # noqa: E402  (rendezvous port of the multi-process tests)
 
 from nanosft import train
-from nanosft.data import DatasetSpec, load_mixture
+from nanosft.data.mixture import DatasetSpec, load_mixture
 from nanosft.errors import EXIT_USER_ERROR, UserError, option, run_cli, use_cli_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +177,7 @@ def test_skip_invalid_counts_invalid_json_and_lists_positions(tmp_path, caplog):
                      + json.dumps([{"role": "user", "content": "a"}, {"role": "assistant", "content": []}]).encode()
                      + b"\n\xff\xfe\n" + json.dumps(GOOD).encode() + b"\n")
     spec = DatasetSpec.from_dict({"name": "jsonl", "path": str(path)})
-    with caplog.at_level(logging.WARNING, logger="nanosft.data"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.data.mixture"):
         convs, _ = load_mixture([spec], data_dir=None, skip_invalid=True)
     assert len(convs) == 2  # line 1 (after the BOM) and line 6
     msg = caplog.text
@@ -189,7 +189,7 @@ def test_skip_invalid_counts_invalid_json_and_lists_positions(tmp_path, caplog):
 
 def test_skip_summary_lists_only_the_first_few(tmp_path, caplog):
     path = jsonl(tmp_path / "m.jsonl", [GOOD] + [NO_ASSISTANT] * 8)
-    with caplog.at_level(logging.WARNING, logger="nanosft.data"):
+    with caplog.at_level(logging.WARNING, logger="nanosft.data.mixture"):
         load_mixture([DatasetSpec.from_dict({"name": "jsonl", "path": str(path)})], None, skip_invalid=True)
     assert "line 6:" in caplog.text and "line 7:" not in caplog.text and "(3 more)" in caplog.text
 
@@ -217,14 +217,14 @@ def test_nanosft_debug_adds_the_traceback(monkeypatch, capfd):
 def test_eval_messages_name_its_flags(monkeypatch):
     monkeypatch.setattr("nanosft.errors._OPTION_NAMES", {})
     assert option("data_dir") == "`data_dir:` in the config"
-    from nanosft.eval import CLI_OPTIONS
+    from nanosft.eval.__main__ import CLI_OPTIONS
 
     use_cli_options(CLI_OPTIONS)
     assert option("data_dir") == "--data-dir"
 
 
 def test_eval_cli_errors_are_one_line(capfd):
-    from nanosft import eval as eval_cli
+    from nanosft.eval import __main__ as eval_cli
 
     try:
         code = run_cli(eval_cli.main, ["--model", "runs/nope", "--tasks", "GSM8K"])
@@ -332,7 +332,7 @@ def test_a_non_distributed_multi_process_launch_is_refused_with_the_fixing_flag(
     2-process launch is refused, naming ``--cpu`` / ``use_cpu``."""
     from types import SimpleNamespace
 
-    from nanosft.config import ConfigError
+    from nanosft.training.config import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"2 processes were launched but the Trainer runs 1 .*`--cpu`.*use_cpu"):

@@ -14,8 +14,8 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import NanoChatConfig, NanoChatForCausalLM
 
-from nanosft import chatcore
-from nanosft.tokenizer import build_nanochat_tokenizer
+from nanosft.eval import chatcore
+from nanosft.format.tokenizer import build_nanochat_tokenizer
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "nanosft", "resources", "data")  # embedded
 
@@ -72,7 +72,7 @@ def main():
 
 
 def check_bpb(model, tokenizer, state):
-    from nanosft import callbacks
+    from nanosft.eval import callbacks
 
     g = torch.Generator().manual_seed(1)  # the same batches on both ranks
     batches = []

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import NanoChatConfig, NanoChatForCausalLM
 
-from nanosft.muon import build_optimizer
+from nanosft.optim.muon import build_optimizer
 
 STEPS, TOL = 3, 1e-5
 

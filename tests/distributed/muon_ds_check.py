@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from transformers import NanoChatConfig, NanoChatForCausalLM
 
-from nanosft.muon import prepare_deepspeed_muon
+from nanosft.optim.muon import prepare_deepspeed_muon
 
 STEPS, TOL = 5, 1e-4
 CALLS = {"muon_update": 0}

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from nanosft.models.nanochat_gpt import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from nanosft.muon import build_optimizer, prepare_deepspeed_muon
+from nanosft.optim.muon import build_optimizer, prepare_deepspeed_muon
 
 
 def make_model():

@@ -55,7 +55,8 @@ class Probe(TrainerCallback):
 def main():
     from accelerate.utils import gather_object
 
-    from nanosft import rl, rl_trainer
+    from nanosft import rl
+    from nanosft.training import rl_trainer
 
     out_path, overrides = sys.argv[1], sys.argv[2:]
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
@@ -75,7 +76,7 @@ def main():
                 probe.problems += inputs["problem_index"].tolist()
             return super().training_step(model, inputs, num_items_in_batch)
 
-    rl_trainer.NanoRLTrainer = ProbedTrainer  # nanosft.rl imports it at call time
+    rl.NanoRLTrainer = ProbedTrainer  # the name nanosft.rl's main() uses
     assert rl.main(["--config", config, *overrides]) == 0
     trainer = probe.trainer
     problems = sorted(gather_object(probe.problems)) if trainer.accelerator.num_processes > 1 else probe.problems
