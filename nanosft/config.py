@@ -13,6 +13,10 @@ Defaults that differ from TRL's, and why:
 - ``packing_strategy``: "nanochat" (buffered best-fit, nanochat's rows) or "bfd" (nanosft's whole-dataset
   best-fit decreasing, nothing cropped), never TRL's own packing (TRL's "bfd" crops long conversations).
 - ``logging_steps``: 1; ``report_to``: none (offline-safe; set tensorboard/trackio/wandb).
+- ``max_length``: T, the tokens of one packed row (TRL: the length a sample is truncated to).
+- ``restore_callback_states_from_checkpoint``: on (the token counters are a stateful callback).
+
+TRL options whose work nanosft replaces (``REPLACED_TRL_OPTIONS``) are refused unless left at TRL's default.
 """
 
 from __future__ import annotations
@@ -37,6 +41,28 @@ from .pretrained import PKG_SCHEME, package_path
 
 __all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse_overrides", "read_config_dict",
            "validate_dict"]
+
+
+# TRL/Trainer options whose work nanosft's renderer, packer, collator and loss replace (trl 1.16): any value but
+# TRL's default would be silently ignored, so it is refused, naming what to use instead.
+_ASSISTANT_ONLY = "nanosft always trains on assistant tokens only (the nanochat chat format)"
+REPLACED_TRL_OPTIONS = {
+    "packing": "nanosft always packs (packing_strategy: nanochat|bfd)",
+    "eval_packing": "nanosft packs eval_datasets like the training data",
+    "padding_free": "nanosft's collator packs rows with per-conversation position ids (attention: document|causal)",
+    "pad_to_multiple_of": "nanosft's rows are always max_length tokens",
+    "assistant_only_loss": _ASSISTANT_ONLY,
+    "completion_only_loss": _ASSISTANT_ONLY,
+    "loss_type": "nanosft's loss is the token cross-entropy on supervised tokens (NanoSFTTrainer.compute_loss)",
+    "label_smoothing_factor": "nanosft's loss is the token cross-entropy on supervised tokens, unsmoothed",
+    "use_liger_kernel": "nanosft computes logits only at supervised positions (NanoSFTTrainer.compute_loss)",
+    "dataset_text_field": "name the conversation column with datasets: [{messages_field: ...}]",
+    "truncation_mode": "overlong: truncate|split",
+    "shuffle_dataset": "the mixture is shuffled with mixture_seed",
+    "chat_template_path": "nanosft renders the nanochat chat format and saves its template",
+    "eos_token": "nanosft's EOS is <|assistant_end|>",
+    "pad_token": "packed rows are padded with <|bos|>",
+}
 
 
 @dataclass
@@ -103,7 +129,11 @@ class NanoSFTConfig(SFTConfig):
         metadata={"help": "Tokens per optimizer step; sets gradient_accumulation_steps = total / (B * T * world)."},
     )
     # --- optimizer and schedule (nanochat/scripts/chat_sft.py) ---
-    optimizer: str = field(default="muon", metadata={"help": "'muon' (Muon + AdamW) or 'adamw'."})
+    optimizer: str = field(
+        default="auto",
+        metadata={"help": "'muon' (Muon + AdamW), 'adamw', or 'auto': Muon for a Muon-pretrained base (nanochat, or "
+                  "a nanosft checkpoint recorded as Muon), else AdamW at learning_rate (nanosft.schedule)."},
+    )
     embedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of embed_tokens (None: inherit)."})
     unembedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of lm_head (None: inherit)."})
     matrix_lr: float | None = field(default=None, metadata={"help": "Muon LR of block matrices (None: inherit)."})
@@ -151,6 +181,9 @@ class NanoSFTConfig(SFTConfig):
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
     max_length: int | None = field(default=2048, metadata={"help": "T: tokens per packed row (nanochat: 2048)."})
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "Resume restores stateful callbacks (nanosft's token counters)."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -163,8 +196,12 @@ class NanoSFTConfig(SFTConfig):
             raise ConfigError(f"packing_strategy: must be 'nanochat' or 'bfd', got {self.packing_strategy!r}")
         if self.overlong not in ("truncate", "split"):
             raise ConfigError(f"overlong: must be 'truncate' or 'split', got {self.overlong!r}")
-        if self.optimizer not in ("muon", "adamw"):
-            raise ConfigError(f"optimizer: must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in ("auto", "muon", "adamw"):
+            raise ConfigError(f"optimizer: must be 'auto', 'muon' or 'adamw', got {self.optimizer!r}")
+        trl_defaults = _fields(SFTConfig)
+        for key, instead in REPLACED_TRL_OPTIONS.items():
+            if getattr(self, key) != trl_defaults[key].default:
+                raise ConfigError(f"{key}: {instead}")
         if self.model_name_or_path is None and self.model_config is None:
             raise ConfigError("model_name_or_path: set it (Hub id or folder), or give model_config for a fresh model")
         if self.max_length is None or self.max_length < 8:

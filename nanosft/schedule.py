@@ -28,11 +28,10 @@ import re
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from .muon import LR_KEYS, NANOCHAT_DEFAULT_LRS
+
 logger = logging.getLogger(__name__)
 
-LR_KEYS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
-# nanochat scripts/base_train.py defaults (unembedding 0.008 in some newer runs; inherit those).
-NANOCHAT_DEFAULT_LRS = {"embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
 
 
 def lr_multiplier(progress: float, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.5,
