@@ -30,6 +30,7 @@ import shutil
 import tempfile
 
 from .errors import ConfigError, MissingPathError
+from .schedule import LR_KEYS, TRAINING_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +318,21 @@ def write_record(folder: str, record: dict) -> str:
     path = os.path.join(folder, RECORD_NAME)
     write_json_atomic(path, record)
     return path
+
+
+def write_training_config(folder: str, trainer) -> None:
+    """Write ``<folder>/nanosft_config.json`` (``write_json_atomic``): how the model beside it was trained, read by
+    the next run that starts from it (``nanosft.schedule``: its LRs are inherited; ``optimizer: auto`` picks Muon
+    when it says "muon").
+
+    Keys: ``optimizer`` ("muon" | "adamw", the one used), ``optimizer_choice`` (the line saying why), the four
+    LR keys, ``learning_rate`` (the one AdamW LR of ``optimizer: auto`` -> adamw, else None), ``base_model``.
+    """
+    args = trainer.args
+    write_json_atomic(os.path.join(folder, TRAINING_CONFIG_NAME), {
+        "optimizer": args.optimizer, "optimizer_choice": getattr(trainer, "optimizer_choice", None),
+        **{k: getattr(args, k, None) for k in LR_KEYS}, "learning_rate": (args.optimizer_kwargs or {}).get("lr"),
+        "base_model": getattr(trainer, "base_model_path", None)})
 
 
 def read_record(folder: str) -> dict | None:

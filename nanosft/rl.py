@@ -19,6 +19,7 @@ import random
 import sys
 
 from .errors import run_cli
+from .hub import hide_token
 
 logger = logging.getLogger("nanosft.rl")
 
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise ConfigError(f"{args.config}: reward: {e}") from None
     overwritten = early_checks(cfg)  # model path, output_dir checkpoints, distributed launch
+    hide_token(cfg)  # before the Trainer pickles or uses the args: the token lives in HF_TOKEN only
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
     from transformers import set_seed

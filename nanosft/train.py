@@ -6,7 +6,8 @@ model so that a missing file or a malformed row fails in seconds. User errors (n
 one line ``error: ...`` and exit 2 before anything is written to ``output_dir``.
 Outputs in ``output_dir``: ``checkpoint-<step>/`` folders (resumable), the final HF model (safetensors,
 config, generation config with ``<|assistant_end|>`` as EOS, tokenizer with the chat template),
-``run_config.json`` (resolved config + versions), ``data_stats.json`` and ``metrics.json``.
+``run_config.json`` (resolved config, optimizer choice, versions), ``nanosft_config.json`` (optimizer, LRs, base
+model; also in every checkpoint), ``data_stats.json`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import sys
 
 from .errors import run_cli
+from .hub import hide_token
 from .prepare import check_supervision  # noqa: F401  (re-exported: the check runs when the data are prepared)
 
 logger = logging.getLogger("nanosft.train")
@@ -242,7 +244,7 @@ def versions() -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .config import build_config, read_config_dict
-    from .schedule import inherit_batch_shape
+    from .schedule import choose_optimizer, inherit_batch_shape
 
     raw = read_config_dict(args.config, args.overrides)  # validates before anything heavy
     raw, inherited = inherit_batch_shape(raw)  # T and batch sizes of a nanochat base, unless the config sets them
@@ -252,10 +254,14 @@ def main(argv=None) -> int:
     for line in inherited:
         logger.info(line)
     overwritten = early_checks(cfg)
+    hide_token(cfg)  # before the Trainer pickles or uses the args: the token lives in HF_TOKEN only
     from transformers import set_seed
 
     from .trainer import NanoSFTTrainer
 
+    choice = choose_optimizer(cfg)  # optimizer: auto -> muon | adamw, from how the base was pretrained
+    if cfg.process_index == 0:
+        print(choice, flush=True)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
     train_rows, eval_rows, stats = build_datasets(cfg, tokenizer)
@@ -278,6 +284,7 @@ def main(argv=None) -> int:
     trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path)
+    trainer.optimizer_choice = choice
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
     from .checkpoint import redact, remove_checkpoints, resolve_resume, write_json_atomic
 
@@ -288,7 +295,7 @@ def main(argv=None) -> int:
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
                           {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
-                           "training_args": cfg.to_dict(), "versions": versions()})
+                           "optimizer_choice": choice, "training_args": cfg.to_dict(), "versions": versions()})
         write_json_atomic(os.path.join(cfg.output_dir, "data_stats.json"), stats)
     # "auto": the latest complete checkpoint-<step> in output_dir, or a fresh start when there is none
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)

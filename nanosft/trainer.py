@@ -14,15 +14,16 @@ Each override changes one TRL/transformers behaviour, for one reason:
   lm_head and scalars) through ``optimizer_cls_and_kwargs``; warm start from the base checkpoint.
 - ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.schedule``).
 - ``log``: adds tokens/s and supervised tokens/s (TRL's ``num_tokens`` counts ``position_ids.size(1)``
-  without an attention mask, undercounting a multi-row batch).
+  without an attention mask, undercounting a multi-row batch); the cumulative counts live in the
+  ``TokenCounter`` callback, which transformers saves in ``trainer_state.json`` and restores on resume.
 - ``_save_checkpoint`` (+ ``_get_output_dir``, ``_push_from_checkpoint``): atomic checkpoints - the
   Trainer writes into ``tmp-checkpoint-<step>/``, which is renamed to ``checkpoint-<step>`` once
   complete, with ``nanosft_state.json`` and the model card inside (``nanosft/checkpoint.py``); a kill
-  mid-save never leaves a ``checkpoint-*`` folder that resume would pick. ``_load_rng_state`` also
-  restores the token counters from that record on resume.
+  mid-save never leaves a ``checkpoint-*`` folder that resume would pick.
 - ``create_model_card``: nanosft's card (``nanosft/hub.py``) instead of TRL's.
 - ``_save``: the weight files get the permissions of ordinary new files (0666 less the umask);
-  safetensors 0.8 creates them 0600 (``nanosft.checkpoint.follow_umask``).
+  safetensors 0.8 creates them 0600 (``nanosft.checkpoint.follow_umask``); ``nanosft_config.json``
+  (optimizer, LRs, base model: what ``optimizer: auto`` and LR inheritance read) goes beside every saved model.
 """
 
 from __future__ import annotations
@@ -33,12 +34,35 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers.trainer_callback import ExportableState, TrainerCallback
 from trl import SFTTrainer
 
+from .muon import LR_KEYS
 from .packing import IGNORE_INDEX, PackedCollator
+from .schedule import choose_optimizer
 from .tokenizer import BOS
 
 logger = logging.getLogger(__name__)
+
+
+class TokenCounter(TrainerCallback, ExportableState):
+    """Cumulative real input and supervised tokens of a run (``tokens``: [input, supervised]).
+
+    Saved in every checkpoint's ``trainer_state.json`` (``ExportableState.state``) and restored by transformers on
+    resume (``restore_callback_states_from_checkpoint``, on in ``NanoSFTConfig``). ``clock`` is (time, input,
+    supervised) at the previous training log, for tokens/s.
+    """
+
+    def __init__(self, tokens=(0, 0)):
+        self.tokens = [int(t) for t in tokens]
+        self.clock = (time.perf_counter(), *self.tokens)
+
+    def state(self) -> dict:
+        return {"args": {"tokens": list(self.tokens)}, "attributes": {}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())  # resumed from a checkpoint without it
+        self.clock = (time.perf_counter(), *self.tokens)
 
 
 class NanoSFTTrainer(SFTTrainer):
@@ -52,6 +76,9 @@ class NanoSFTTrainer(SFTTrainer):
         processing_class: the tokenizer (saved with every checkpoint).
         callbacks, peft_config: as in ``trl.SFTTrainer``.
         base_model_path: where to look for optimizer state to warm-start from (``load_optimizer``).
+
+    ``optimizer: auto`` is resolved here unless the caller did (``nanosft.schedule.choose_optimizer``; the line
+    saying why is ``optimizer_choice``, shown in the model card and ``nanosft_config.json``).
 
     Raises:
         ValueError: from TRL for inconsistent options; ``data_collator`` cannot be overridden.
@@ -73,9 +100,9 @@ class NanoSFTTrainer(SFTTrainer):
             flatten="flash" in attn,
         )
         self.base_model_path = base_model_path
-        from .hub import hide_token
-
-        hide_token(args)  # before Trainer.__init__ pickles or uses args: the token lives in HF_TOKEN only
+        if args.optimizer == "auto":
+            self.optimizer_choice = choose_optimizer(args)
+            logger.info(self.optimizer_choice)
         super().__init__(
             model=model,
             args=args,
@@ -90,9 +117,18 @@ class NanoSFTTrainer(SFTTrainer):
         # Always count supervised tokens per step (the Trainer only does when the model "accepts loss
         # kwargs", which PEFT wrappers hide); compute_loss relies on it.
         self.model_accepts_loss_kwargs = True
-        self._tok_clock = (time.perf_counter(), 0, 0)
-        self._tokens_seen = [0, 0]  # real input tokens, supervised tokens
+        self.add_callback(TokenCounter())
         self._resuming = False
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """The run's ``TokenCounter`` (transformers replaces the instance when it restores a checkpoint)."""
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenCounter))
+
+    @property
+    def _tokens_seen(self) -> list[int]:
+        """[real input tokens, supervised tokens] seen so far (``token_counter.tokens``, mutable)."""
+        return self.token_counter.tokens
 
     # ----- loss -----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -199,32 +235,37 @@ class NanoSFTTrainer(SFTTrainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Add ``tokens_per_second`` and ``supervised_tokens_per_second`` since the previous log (train)."""
         if self.model.training and "loss" in logs:
-            now = time.perf_counter()
-            t0, n0, s0 = self._tok_clock
+            counter, now = self.token_counter, time.perf_counter()
+            t0, n0, s0 = counter.clock
             dt = max(now - t0, 1e-9)
-            logs["tokens_per_second"] = round((self._tokens_seen[0] - n0) / dt, 1)
-            logs["supervised_tokens_per_second"] = round((self._tokens_seen[1] - s0) / dt, 1)
-            self._tok_clock = (now, *self._tokens_seen)
+            logs["tokens_per_second"] = round((counter.tokens[0] - n0) / dt, 1)
+            logs["supervised_tokens_per_second"] = round((counter.tokens[1] - s0) / dt, 1)
+            counter.clock = (now, *counter.tokens)
         super().log(logs, start_time)
 
     # ----- checkpoints, records and the model card (nanosft/checkpoint.py, nanosft/hub.py) -----
     run_config: dict | None = None  # the resolved YAML config (train.py sets it); recorded in checkpoints
+    optimizer_choice: str | None = None  # "optimizer auto -> muon: ..." (nanosft.schedule.choose_optimizer)
     _ckpt_staging: str | None = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The Trainer's model save, then ``follow_umask`` on the written ``*.safetensors`` files."""
-        from .checkpoint import follow_umask
+        """The Trainer's model save, then ``follow_umask`` on the written ``*.safetensors`` files and
+        ``nanosft_config.json`` beside them (``nanosft.checkpoint.write_training_config``)."""
+        from .checkpoint import follow_umask, write_training_config
 
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            follow_umask(output_dir if output_dir is not None else self.args.output_dir, ".safetensors")
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            follow_umask(folder, ".safetensors")
+            write_training_config(folder, self)
 
     def _get_output_dir(self, trial) -> str:
         """The staging folder while ``_save_checkpoint`` runs, so the Trainer writes its files there."""
         return self._ckpt_staging if self._ckpt_staging is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write ``checkpoint-<step>`` atomically (transformers 5.23 writes in place, with no atomic step).
+        """Write ``checkpoint-<step>`` atomically: transformers 5.24 (``Trainer._save_checkpoint``) still writes it
+        in place, file by file, with no atomic step; drop this override once transformers stages its saves.
 
         The Trainer (and TRL) write ``<run_dir>/tmp-checkpoint-<step>/checkpoint-<step>/``; the main process
         adds ``nanosft_state.json`` and ``README.md``; after a barrier it ``os.replace``s the folder to
@@ -267,16 +308,6 @@ class NanoSFTTrainer(SFTTrainer):
         if self._ckpt_staging is None:
             super()._push_from_checkpoint(checkpoint_folder)
 
-    def _load_rng_state(self, checkpoint) -> None:
-        """Also restore the cumulative token counters from the checkpoint's ``nanosft_state.json``."""
-        super()._load_rng_state(checkpoint)
-        from .checkpoint import read_record
-
-        record = read_record(checkpoint) if checkpoint else None
-        if record and record.get("tokens_seen"):
-            self._tokens_seen = [record["tokens_seen"]["input"], record["tokens_seen"]["supervised"]]
-            self._tok_clock = (time.perf_counter(), *self._tokens_seen)
-
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         """Write nanosft's card (``nanosft.hub.build_model_card``) to ``output_dir/README.md``, main process only.
 
@@ -302,7 +333,7 @@ def optimizer_kwargs(args, model) -> dict:
         "weight_decay": args.weight_decay,
         "init_lr_frac": args.init_lr_frac,
     }
-    for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
+    for name in LR_KEYS:
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     kw.update(args.optimizer_kwargs or {})
