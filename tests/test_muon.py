@@ -187,6 +187,21 @@ def test_adamw_option_is_torch_adamw_with_the_same_groups():
     assert by_name(adamw)["embedding"]["betas"] == (0.8, 0.95)
 
 
+def test_adamw_with_one_lr_gives_every_group_that_lr():
+    """``lr``: the Hugging Face fine-tuning AdamW (what ``optimizer: auto`` gives a model pretrained with AdamW)."""
+    model = tiny_nanochat()
+    opt = build_optimizer(model, optimizer="adamw", lr=2e-5, adam_betas=(0.9, 0.999), adam_eps=1e-8,
+                          weight_decay=0.1)
+    assert type(opt) is torch.optim.AdamW
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"matrix", "embedding", "unembedding"}
+    assert all(g["lr"] == pytest.approx(2e-5 * 0.8) and g["betas"] == (0.9, 0.999) and g["eps"] == 1e-8
+               for g in opt.param_groups)
+    assert groups["matrix"]["weight_decay"] == 0.1 and groups["embedding"]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="needs optimizer='adamw'"):
+        build_optimizer(model, lr=2e-5)
+
+
 def test_unknown_option_fails_loudly():
     with pytest.raises(TypeError):
         build_optimizer(tiny_nanochat(), matrx_lr=0.1)
