@@ -180,9 +180,9 @@ def commit(written: str, final: str) -> None:
         aside = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}old-{os.path.basename(final)}")
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(final, aside)
-    _fsync_tree(written)
+    _fsync([os.path.join(root, n) for root, _, files in os.walk(written) for n in files])
     os.replace(written, final)
-    _fsync_dir(os.path.dirname(final))
+    _fsync([os.path.dirname(final)])
     parent = os.path.dirname(written)
     if os.path.basename(parent).startswith(TMP_PREFIX):
         shutil.rmtree(parent, ignore_errors=True)
@@ -190,31 +190,21 @@ def commit(written: str, final: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _fsync_tree(folder: str) -> None:
-    """Flush every file of ``folder`` so the rename never publishes data still in the page cache."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fsync(paths: list[str]) -> None:
+    """Flush each file (or folder entry) to disk, so a rename never publishes data still in the page cache; a
+    path that cannot be opened, or a folder that cannot be synced (some network filesystems), is skipped."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+        finally:
+            os.close(fd)
 
 
 def redact(config: dict | None) -> dict | None:
@@ -321,13 +311,9 @@ def write_record(folder: str, record: dict) -> str:
 
 
 def write_training_config(folder: str, trainer) -> None:
-    """Write ``<folder>/nanosft_config.json`` (``write_json_atomic``): how the model beside it was trained, read by
-    the next run that starts from it (``nanosft.schedule``: its LRs are inherited; ``optimizer: auto`` picks Muon
-    when it says "muon").
-
-    Keys: ``optimizer`` ("muon" | "adamw", the one used), ``optimizer_choice`` (the line saying why), the four
-    LR keys, ``learning_rate`` (the one AdamW LR of ``optimizer: auto`` -> adamw, else None), ``base_model``.
-    """
+    """Write ``<folder>/nanosft_config.json`` atomically: the optimizer used ("muon" | "adamw") and why, its LR keys,
+    ``learning_rate`` (``optimizer: auto`` -> adamw) and the base model; a run starting from ``folder`` inherits
+    the LRs and, under ``optimizer: auto``, the optimizer (``nanosft.schedule``)."""
     args = trainer.args
     write_json_atomic(os.path.join(folder, TRAINING_CONFIG_NAME), {
         "optimizer": args.optimizer, "optimizer_choice": getattr(trainer, "optimizer_choice", None),

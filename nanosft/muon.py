@@ -26,8 +26,7 @@ Design and its trade-off in numbers:
 - Distributed: optimizer state stays replicated on every rank (so HF Trainer's rank-0
   ``optimizer.pt`` is complete), but the orthogonalization - the only expensive part - is split:
   same-shape matrices are stacked, each rank orthogonalizes ceil(K/world) of them and the results
-  are all-gathered (nanochat's ``DistMuonAdamW`` pattern). With ``reduce_grads=True`` the optimizer
-  also averages gradients itself (nanochat style, model not wrapped in DDP).
+  are all-gathered (nanochat's ``DistMuonAdamW`` pattern). Gradients arrive averaged by DDP (accelerate).
 
 DeepSpeed ZeRO partitions parameters into flat 1-D shards, so no client Muon can run there; use
 DeepSpeed's own Muon through :func:`prepare_deepspeed_muon` (its math differs, see there).
@@ -314,7 +313,6 @@ class MuonAdamW(torch.optim.Optimizer):
             (True). AdamW groups take ``betas`` ((0.8, 0.95)), ``eps`` (1e-10), ``weight_decay`` (0).
             Muon params must have >= 2 dims; a Muon group may mix shapes.
         compute_dtype: dtype of the orthogonalization; None = bf16 on CUDA, else the param dtype.
-        reduce_grads: average gradients across ranks inside ``step`` (model not wrapped in DDP).
         shard_orthogonalization: split the orthogonalization across ranks and all-gather; None =
             on whenever torch.distributed is initialized with world size > 1.
 
@@ -327,7 +325,7 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, param_groups: list[dict], *, compute_dtype: torch.dtype | None = None,
-                 reduce_grads: bool = False, shard_orthogonalization: bool | None = None):
+                 shard_orthogonalization: bool | None = None):
         groups = []
         for group in param_groups:
             kind = group.get("kind")
@@ -342,7 +340,6 @@ class MuonAdamW(torch.optim.Optimizer):
             groups.append(group)
         super().__init__(groups, defaults={})
         self.compute_dtype = compute_dtype
-        self.reduce_grads = reduce_grads
         self.shard_orthogonalization = shard_orthogonalization
         self.orthogonalized = 0
 
@@ -352,16 +349,6 @@ class MuonAdamW(torch.optim.Optimizer):
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
-
-    def _average_grads(self, world: int) -> None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat)  # SUM then divide: gloo has no ReduceOp.AVG
-        flat /= world
-        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(f)
 
     # --- the two halves
     def _step_adamw(self, group: dict) -> None:
@@ -441,8 +428,6 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         rank, world = self._world()
-        if self.reduce_grads and world > 1:
-            self._average_grads(world)
         shard = world > 1 if self.shard_orthogonalization is None else self.shard_orthogonalization
         for group in self.param_groups:
             if group["kind"] == "adamw":
@@ -483,8 +468,8 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
                     lr: float | None = None, init_lr_frac: float = 0.8, weight_decay: float = 0.0,
                     adam_betas: tuple[float, float] = (0.8, 0.95), adam_eps: float = 1e-10,
                     momentum: float = 0.95, momentum_warmup_steps: int = 300,
-                    compute_dtype: torch.dtype | None = None, reduce_grads: bool = False,
-                    shard_orthogonalization: bool | None = None, d_model: int | None = None):
+                    compute_dtype: torch.dtype | None = None, shard_orthogonalization: bool | None = None,
+                    d_model: int | None = None):
     """Build nanochat's SFT optimizer for ``model`` (any HF causal LM), or AdamW with the same groups.
 
     Use with transformers/TRL as ``optimizer_cls_and_kwargs=(build_optimizer, {...})``: the
@@ -515,8 +500,8 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
         ``MuonAdamW`` or ``torch.optim.AdamW``; every group has ``kind``, ``name``, ``param_names``.
 
     Raises:
-        ValueError: unknown ``optimizer``, or ``lr`` with Muon; TypeError: unknown keyword (typos in a config fail loudly
-        rather than being ignored).
+        ValueError: unknown ``optimizer``, or ``lr`` with Muon; TypeError: unknown keyword (typos in a config
+        fail loudly rather than being ignored).
     """
     if model is None:
         return build_optimizer
@@ -552,8 +537,7 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
                            param_names=[n for n, _ in parts[name]]))
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=tuple(adam_betas), eps=adam_eps)
-    return MuonAdamW(groups, compute_dtype=compute_dtype, reduce_grads=reduce_grads,
-                     shard_orthogonalization=shard_orthogonalization)
+    return MuonAdamW(groups, compute_dtype=compute_dtype, shard_orthogonalization=shard_orthogonalization)
 
 
 # -----------------------------------------------------------------------------

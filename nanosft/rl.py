@@ -76,7 +76,6 @@ def main(argv=None) -> int:
 
     from .checkpoint import redact, resolve_resume, write_json_atomic
     from .rl_trainer import NanoRLTrainer, PassAtKCallback
-    from .schedule import LR_KEYS, resolve_learning_rates
     from .train import load_model, load_tokenizer, redact_overrides, versions
 
     set_seed(cfg.seed)
@@ -86,9 +85,6 @@ def main(argv=None) -> int:
                 len(train), cfg.task, cfg.examples_per_step, cfg.num_samples, len(held_out))
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
-    base = cfg.model_name_or_path if cfg.model_config is None else None
-    for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
-        setattr(cfg, key, value)
 
     trainer = NanoRLTrainer(model=model, args=cfg, problems=train, reward_fn=reward_fn, processing_class=tokenizer,
                             base_model_path=cfg.model_name_or_path)

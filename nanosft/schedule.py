@@ -94,41 +94,29 @@ def _base_training_config(base) -> tuple[dict, str]:
     return {}, ""
 
 
-# model_type of nanochat's (Muon-pretrained) models in transformers: "nanochat" (transformers' NanoChat: the
-# October-2025 nanochat GPT) and "nanochat_gpt" (today's nanochat GPT, nanosft/models/nanochat_gpt; nanosft.convert).
-MUON_MODEL_TYPES = ("nanochat", "nanochat_gpt")
+MUON_MODEL_TYPES = ("nanochat", "nanochat_gpt")  # transformers' NanoChat (nanochat Oct 2025), nanosft's current GPT
 TRAINING_CONFIG_NAME = "nanosft_config.json"  # written by NanoSFTTrainer beside every saved model
-
-
-def _model_type(base) -> str | None:
-    """``model_type`` of the ``config.json`` of ``base`` (a local folder, or a Hub model), or None."""
-    try:
-        path = cached_file(base, "config.json", _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
-    except (OSError, ValueError):  # a GGUF file, a pkg:// path, an unknown repo
-        return None
-    if not path:
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("model_type")
 
 
 def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str, str]:
     """(``"muon"`` | ``"adamw"``, reason): the optimizer ``optimizer: auto`` fine-tunes a base model with.
 
-    Muon for a base known to be Muon-pretrained: a fresh NanoChat (``fresh``: nanochat trains from scratch with
-    Muon); a nanochat checkpoint folder or one converted by nanosft (``meta_<step>.json``, nanochat's
-    scripts/base_train.py); a nanochat ``model_type`` (``MUON_MODEL_TYPES``); a nanosft checkpoint whose
-    ``nanosft_config.json`` says ``"optimizer": "muon"``. AdamW for everything else: switching optimizer between
-    pretraining and full fine-tuning hurts (Qu, Huang, Horvath, "Can Muon Fine-tune Adam-Pretrained Models?",
-    arXiv:2605.10468).
+    Muon for a base known to be Muon-pretrained: a fresh NanoChat (``fresh``, trained from scratch as nanochat
+    does); a nanochat checkpoint, raw or converted (``meta_<step>.json``); a ``config.json`` (local or Hub) with a
+    nanochat ``model_type``; a nanosft checkpoint whose ``nanosft_config.json`` says "muon". AdamW otherwise:
+    switching optimizer between pretraining and full fine-tuning hurts (arXiv:2605.10468).
     """
     if fresh:
         return "muon", "fresh NanoChat model (model_config), trained from scratch as nanochat does"
     record, source = _base_training_config(model_name_or_path)
     if os.path.basename(source).startswith("meta_"):
         return "muon", f"nanochat checkpoint ({os.path.basename(source)})"
-    model_type = _model_type(model_name_or_path)
+    try:  # a GGUF file, a pkg:// path or an unknown repo has no config.json
+        path = cached_file(model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError):
+        path = None
+    model_type = json.load(open(path, encoding="utf-8")).get("model_type") if path else None
     if model_type in MUON_MODEL_TYPES:
         return "muon", f"nanochat checkpoint (model_type {model_type})"
     if source.endswith(TRAINING_CONFIG_NAME) and record.get("optimizer") in ("muon", "adamw"):
@@ -137,12 +125,11 @@ def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str,
 
 
 def choose_optimizer(cfg) -> str:
-    """Resolve ``cfg.optimizer == "auto"`` in place (``pretraining_optimizer``); return the line saying why.
+    """Resolve ``cfg.optimizer == "auto"`` in place (``pretraining_optimizer``) and return the line saying why,
+    e.g. "optimizer auto -> adamw: base model has no Muon pretraining record" or "optimizer muon: set in the config".
 
-    auto -> adamw is Hugging Face's fine-tuning AdamW: one LR, ``learning_rate``, for every group, betas
-    (``adam_beta1``, ``adam_beta2``) and eps ``adam_epsilon``, put in ``cfg.optimizer_kwargs`` (its own
-    entries win). Returns e.g. "optimizer auto -> adamw: base model has no Muon pretraining record", or
-    "optimizer muon: set in the config".
+    auto -> adamw is Hugging Face's fine-tuning AdamW: one LR (``learning_rate``) for every group, betas
+    (``adam_beta1``, ``adam_beta2``), eps ``adam_epsilon``; set in ``cfg.optimizer_kwargs`` (whose entries win).
     """
     if cfg.optimizer != "auto":
         return f"optimizer {cfg.optimizer}: set in the config"

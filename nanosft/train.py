@@ -268,13 +268,6 @@ def main(argv=None) -> int:
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
 
-    from .schedule import LR_KEYS, resolve_learning_rates
-
-    # LRs: the config's value > the base checkpoint's training config > nanochat's defaults (logged)
-    base = cfg.model_name_or_path if cfg.model_config is None else None
-    for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
-        setattr(cfg, key, value)
-
     peft_config = None
     if cfg.peft:  # LoRA (nanosft/lora.py): new token rows trainable; adapters train with AdamW
         from .lora import adapter_optimizer, build_lora_config

@@ -21,9 +21,8 @@ Each override changes one TRL/transformers behaviour, for one reason:
   complete, with ``nanosft_state.json`` and the model card inside (``nanosft/checkpoint.py``); a kill
   mid-save never leaves a ``checkpoint-*`` folder that resume would pick.
 - ``create_model_card``: nanosft's card (``nanosft/hub.py``) instead of TRL's.
-- ``_save``: the weight files get the permissions of ordinary new files (0666 less the umask);
-  safetensors 0.8 creates them 0600 (``nanosft.checkpoint.follow_umask``); ``nanosft_config.json``
-  (optimizer, LRs, base model: what ``optimizer: auto`` and LR inheritance read) goes beside every saved model.
+- ``_save``: the weight files get the permissions of ordinary new files (0666 less the umask; safetensors
+  0.8 creates them 0600); ``nanosft_config.json`` (optimizer, LRs, base model) goes beside every saved model.
 """
 
 from __future__ import annotations
@@ -39,19 +38,15 @@ from trl import SFTTrainer
 
 from .muon import LR_KEYS
 from .packing import IGNORE_INDEX, PackedCollator
-from .schedule import choose_optimizer
+from .schedule import choose_optimizer, resolve_learning_rates
 from .tokenizer import BOS
 
 logger = logging.getLogger(__name__)
 
 
 class TokenCounter(TrainerCallback, ExportableState):
-    """Cumulative real input and supervised tokens of a run (``tokens``: [input, supervised]).
-
-    Saved in every checkpoint's ``trainer_state.json`` (``ExportableState.state``) and restored by transformers on
-    resume (``restore_callback_states_from_checkpoint``, on in ``NanoSFTConfig``). ``clock`` is (time, input,
-    supervised) at the previous training log, for tokens/s.
-    """
+    """Cumulative real input and supervised tokens (``tokens``), saved in ``trainer_state.json`` and restored on
+    resume by transformers (``restore_callback_states_from_checkpoint``); ``clock``: (time, *tokens) at the last log."""
 
     def __init__(self, tokens=(0, 0)):
         self.tokens = [int(t) for t in tokens]
@@ -77,8 +72,8 @@ class NanoSFTTrainer(SFTTrainer):
         callbacks, peft_config: as in ``trl.SFTTrainer``.
         base_model_path: where to look for optimizer state to warm-start from (``load_optimizer``).
 
-    ``optimizer: auto`` is resolved here unless the caller did (``nanosft.schedule.choose_optimizer``; the line
-    saying why is ``optimizer_choice``, shown in the model card and ``nanosft_config.json``).
+    ``optimizer: auto`` is resolved here unless the caller did (``choose_optimizer``, its line ``optimizer_choice``),
+    and LRs left None are filled: the base checkpoint's, else nanochat's (``resolve_learning_rates``, logged).
 
     Raises:
         ValueError: from TRL for inconsistent options; ``data_collator`` cannot be overridden.
@@ -103,6 +98,9 @@ class NanoSFTTrainer(SFTTrainer):
         if args.optimizer == "auto":
             self.optimizer_choice = choose_optimizer(args)
             logger.info(self.optimizer_choice)
+        base = base_model_path if getattr(args, "model_config", None) is None else None
+        for key, value in resolve_learning_rates(base, {k: getattr(args, k) for k in LR_KEYS}).items():
+            setattr(args, key, value)
         super().__init__(
             model=model,
             args=args,
@@ -121,14 +119,10 @@ class NanoSFTTrainer(SFTTrainer):
         self._resuming = False
 
     @property
-    def token_counter(self) -> TokenCounter:
-        """The run's ``TokenCounter`` (transformers replaces the instance when it restores a checkpoint)."""
+    def token_counter(self) -> TokenCounter:  # looked up: transformers replaces the instance on resume
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenCounter))
 
-    @property
-    def _tokens_seen(self) -> list[int]:
-        """[real input tokens, supervised tokens] seen so far (``token_counter.tokens``, mutable)."""
-        return self.token_counter.tokens
+    _tokens_seen = property(lambda self: self.token_counter.tokens)  # [input, supervised], mutable
 
     # ----- loss -----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -249,8 +243,7 @@ class NanoSFTTrainer(SFTTrainer):
     _ckpt_staging: str | None = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The Trainer's model save, then ``follow_umask`` on the written ``*.safetensors`` files and
-        ``nanosft_config.json`` beside them (``nanosft.checkpoint.write_training_config``)."""
+        """The Trainer's model save, then ``follow_umask`` on ``*.safetensors`` and ``write_training_config``."""
         from .checkpoint import follow_umask, write_training_config
 
         super()._save(output_dir, state_dict=state_dict)
@@ -323,18 +316,7 @@ class NanoSFTTrainer(SFTTrainer):
 
 
 def optimizer_kwargs(args, model) -> dict:
-    """Keyword arguments for ``nanosft.muon.build_optimizer`` from a ``NanoSFTConfig``.
-
-    LRs left as None are filled by ``nanosft.schedule.resolve_learning_rates`` in ``train.py``; here
-    None means "use build_optimizer's nanochat default". ``init_lr_frac`` scales every group.
-    """
-    kw = {
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "init_lr_frac": args.init_lr_frac,
-    }
-    for name in LR_KEYS:
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    kw.update(args.optimizer_kwargs or {})
-    return kw
+    """Keyword arguments for ``nanosft.muon.build_optimizer`` from a ``NanoSFTConfig`` whose LRs ``NanoSFTTrainer``
+    has filled (``resolve_learning_rates``); ``optimizer_kwargs`` entries win."""
+    return {"optimizer": args.optimizer, "weight_decay": args.weight_decay, "init_lr_frac": args.init_lr_frac,
+            **{k: getattr(args, k) for k in LR_KEYS}, **(args.optimizer_kwargs or {})}
