@@ -43,16 +43,6 @@ _METRIC_RE = re.compile(r"^(eval_)?(val_bpb|bpb|loss)$|^(eval_)?chatcore((_metri
 _SECRET_RE = re.compile(r"(^|_)token$")
 
 
-def staging_root(run_dir: str, step: int) -> str:
-    """``<run_dir>/tmp-checkpoint-<step>``: the Trainer writes ``<that>/checkpoint-<step>/`` inside it."""
-    return os.path.join(run_dir, f"{TMP_PREFIX}{step}")
-
-
-def checkpoint_dir(run_dir: str, step: int) -> str:
-    """``<run_dir>/checkpoint-<step>``: the Trainer's folder name (``PREFIX_CHECKPOINT_DIR``)."""
-    return os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{step}")
-
-
 def is_complete(folder: str) -> bool:
     """A checkpoint folder the Trainer can resume from: it holds ``trainer_state.json``.
 
@@ -68,20 +58,15 @@ def latest_checkpoint(output_dir: str) -> str | None:
     ``tmp-checkpoint-*`` folders (a save that never finished) and incomplete folders are skipped,
     with a warning naming them.
     """
-    if not output_dir or not os.path.isdir(output_dir):
-        return None
     found, skipped = [], []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if not os.path.isdir(path):
-            continue
-        m = _CHECKPOINT_RE.match(name)
+    for name in checkpoint_folders(output_dir):
+        m, path = _CHECKPOINT_RE.match(name), os.path.join(output_dir, name)
         if m and is_complete(path):
             found.append((int(m.group(1)), path))
-        elif m or name.startswith(TMP_PREFIX):
+        else:
             skipped.append(name)
     if skipped:
-        logger.warning("resume: ignoring incomplete checkpoint folders in %s: %s", output_dir, sorted(skipped))
+        logger.warning("resume: ignoring incomplete checkpoint folders in %s: %s", output_dir, skipped)
     return max(found)[1] if found else None
 
 
@@ -160,9 +145,7 @@ def remove_checkpoints(output_dir: str, names: list[str]) -> None:
 
 def remove_stale_staging(run_dir: str) -> None:
     """Delete ``tmp-checkpoint-*`` folders left by a save that was killed (main process only)."""
-    if not os.path.isdir(run_dir):
-        return
-    for name in os.listdir(run_dir):
+    for name in checkpoint_folders(run_dir):
         if name.startswith(TMP_PREFIX):
             logger.warning("removing incomplete checkpoint %s (a save that never finished)", name)
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
@@ -301,13 +284,6 @@ def write_json_atomic(path: str, obj) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def write_record(folder: str, record: dict) -> str:
-    """Write ``record`` as ``<folder>/nanosft_state.json`` (``write_json_atomic``) and return its path."""
-    path = os.path.join(folder, RECORD_NAME)
-    write_json_atomic(path, record)
-    return path
 
 
 def write_training_config(folder: str, trainer) -> None:

@@ -190,14 +190,10 @@ class NanoSFTConfig(SFTConfig):
             import torch
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        if self.attention not in ("document", "causal"):
-            raise ConfigError(f"attention: must be 'document' or 'causal', got {self.attention!r}")
-        if self.packing_strategy not in ("nanochat", "bfd"):
-            raise ConfigError(f"packing_strategy: must be 'nanochat' or 'bfd', got {self.packing_strategy!r}")
-        if self.overlong not in ("truncate", "split"):
-            raise ConfigError(f"overlong: must be 'truncate' or 'split', got {self.overlong!r}")
-        if self.optimizer not in ("auto", "muon", "adamw"):
-            raise ConfigError(f"optimizer: must be 'auto', 'muon' or 'adamw', got {self.optimizer!r}")
+        for key, allowed in (("attention", ("document", "causal")), ("packing_strategy", ("nanochat", "bfd")),
+                             ("overlong", ("truncate", "split")), ("optimizer", ("auto", "muon", "adamw"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {getattr(self, key)!r}")
         trl_defaults = _fields(SFTConfig)
         for key, instead in REPLACED_TRL_OPTIONS.items():
             if getattr(self, key) != trl_defaults[key].default:

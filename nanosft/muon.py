@@ -16,13 +16,10 @@ Design and its trade-off in numbers:
   its state layout equals ``torch.optim.AdamW``'s, so HF ``optimizer.pt`` files warm-start it).
   The Muon half is ours: ``torch.optim.Muon`` has one fixed Newton-Schulz triple, always casts to
   bf16, and has no Polar Express, MuonEq, NorMuon or cautious weight decay.
-- Muon costs matmuls, AdamW costs memory traffic. One d12 block's six matrices take ~134 GFLOP
-  of Polar Express per step: ~1 s on 2 CPU cores at the ~137 GFLOP/s they reach in fp32 (~3x
-  faster with ``compute_dtype=torch.bfloat16``), against ~20 ms of AdamW for the same 7M weights.
-  So on CPU a Muon step costs ~15-60x an AdamW step (`bench/muon.py`); on a GPU it is a few
-  percent of a training step. In exchange Muon keeps one buffer per matrix (plus a NorMuon vector
-  per row or column) where AdamW keeps two: matrix optimizer state is half AdamW's (d12 in
-  total, embeddings included: 1.09 GB vs 1.42 GB).
+- Muon costs matmuls (one d12 block's six matrices: ~134 GFLOP of Polar Express per step), AdamW
+  memory traffic: on CPU a Muon step costs ~15-60x an AdamW step, on a GPU a few percent of a training
+  step (`bench/muon.py`). In exchange Muon keeps one buffer per matrix (plus a NorMuon vector per row
+  or column) where AdamW keeps two (d12 state, embeddings included: 1.09 GB vs 1.42 GB).
 - Distributed: optimizer state stays replicated on every rank (so HF Trainer's rank-0
   ``optimizer.pt`` is complete), but the orthogonalization - the only expensive part - is split:
   same-shape matrices are stacked, each rank orthogonalizes ceil(K/world) of them and the results
@@ -560,7 +557,7 @@ def prepare_deepspeed_muon(model: nn.Module, ds_config: dict, **build_kwargs):
     their tags), and returns a fixed copy of ``ds_config``:
 
     - ``gradient_clipping`` -> 0. DeepSpeed clips the already-orthogonalized update, which with
-      max_grad_norm 1.0 shrinks Muon updates ~20x (hf-integration.md). Set ``max_grad_norm=0`` in
+      max_grad_norm 1.0 shrinks Muon updates ~20x. Set ``max_grad_norm=0`` in
       the TrainingArguments too, or transformers fills "auto" with 1.0.
     - ZeRO-3: ``zero_optimization.reduce_scatter`` -> false (DeepSpeed refuses Muon with it).
 

@@ -9,7 +9,7 @@ Each override changes one TRL/transformers behaviour, for one reason:
   58% of the tokens of a chat mix are supervised, and with a 65K vocabulary the head and the loss
   dominate a small model's step), summed, and divided by the number of supervised tokens of the whole
   optimizer step: all micro-batches and all ranks (``num_items_in_batch``, which the Trainer gathers
-  across ranks). TRL's fused lm-head path costs ~2x on CPU (hf-integration.md).
+  across ranks). TRL's fused lm-head path computes the logits of every position instead.
 - ``create_optimizer``: ``nanosft.muon.build_optimizer`` (Muon on block matrices, AdamW on embeddings,
   lm_head and scalars) through ``optimizer_cls_and_kwargs``; warm start from the base checkpoint.
 - ``create_scheduler``: nanochat's constant-then-linear warmdown (``nanosft.schedule``).
@@ -271,8 +271,8 @@ class NanoSFTTrainer(SFTTrainer):
 
         run_dir = super()._get_output_dir(trial)
         step = self.state.global_step
-        root = ckpt.staging_root(run_dir, step)
-        written, final = ckpt.checkpoint_dir(root, step), ckpt.checkpoint_dir(run_dir, step)
+        name, root = f"{ckpt.CHECKPOINT_PREFIX}-{step}", os.path.join(run_dir, f"{ckpt.TMP_PREFIX}{step}")
+        written, final = os.path.join(root, name), os.path.join(run_dir, name)
         if self.args.should_save:
             ckpt.remove_stale_staging(run_dir)
         self.accelerator.wait_for_everyone()
@@ -286,7 +286,8 @@ class NanoSFTTrainer(SFTTrainer):
                 self.state.best_model_checkpoint = final
                 self.state.save_to_json(os.path.join(written, "trainer_state.json"))
             write_model_card(written, self)
-            ckpt.write_record(written, ckpt.checkpoint_record(self, self.run_config))
+            record = ckpt.checkpoint_record(self, self.run_config)
+            ckpt.write_json_atomic(os.path.join(written, ckpt.RECORD_NAME), record)
         self.accelerator.wait_for_everyone()  # every rank's files (RNG, ZeRO shards) are in place
         if self.args.should_save:
             ckpt.commit(written, final)
