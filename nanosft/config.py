@@ -15,8 +15,7 @@ Defaults that differ from TRL's, and why:
 - ``logging_steps``: 1; ``report_to``: none (offline-safe; set tensorboard/trackio/wandb).
 - ``max_length``: T, the tokens of one packed row (TRL: the length a sample is truncated to).
 - ``restore_callback_states_from_checkpoint``: on (the token counters are a stateful callback).
-
-TRL options whose work nanosft replaces (``REPLACED_TRL_OPTIONS``) are refused unless left at TRL's default.
+- TRL options whose work nanosft replaces (``REPLACED_TRL_OPTIONS``): refused unless left at TRL's default.
 """
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ __all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse
            "validate_dict"]
 
 
-# TRL/Trainer options whose work nanosft's renderer, packer, collator and loss replace (trl 1.16): any value but
-# TRL's default would be silently ignored, so it is refused, naming what to use instead.
+# Options nanosft's renderer, packer, collator and loss replace (trl 1.16): refused unless at TRL's default.
 _ASSISTANT_ONLY = "nanosft always trains on assistant tokens only (the nanochat chat format)"
 REPLACED_TRL_OPTIONS = {
     "packing": "nanosft always packs (packing_strategy: nanochat|bfd)",

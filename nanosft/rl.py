@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
                           {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
                            "training_args": cfg.to_dict(), "versions": versions(), "stage": "rl",
+                           "optimizer_choice": trainer.optimizer_choice,
                            "source_checkpoint": cfg.model_name_or_path})
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if trainer.is_world_process_zero():

@@ -99,13 +99,10 @@ TRAINING_CONFIG_NAME = "nanosft_config.json"  # written by NanoSFTTrainer beside
 
 
 def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str, str]:
-    """(``"muon"`` | ``"adamw"``, reason): the optimizer ``optimizer: auto`` fine-tunes a base model with.
-
-    Muon for a base known to be Muon-pretrained: a fresh NanoChat (``fresh``, trained from scratch as nanochat
-    does); a nanochat checkpoint, raw or converted (``meta_<step>.json``); a ``config.json`` (local or Hub) with a
-    nanochat ``model_type``; a nanosft checkpoint whose ``nanosft_config.json`` says "muon". AdamW otherwise:
-    switching optimizer between pretraining and full fine-tuning hurts (arXiv:2605.10468).
-    """
+    """(``"muon"`` | ``"adamw"``, reason) for ``optimizer: auto``. Muon for a base known to be Muon-pretrained: a
+    fresh NanoChat (``fresh``); a nanochat checkpoint, raw or converted (``meta_<step>.json``) or by ``model_type``;
+    a nanosft checkpoint whose ``nanosft_config.json`` says "muon". AdamW otherwise: switching optimizer between
+    pretraining and full fine-tuning hurts (arXiv:2605.10468)."""
     if fresh:
         return "muon", "fresh NanoChat model (model_config), trained from scratch as nanochat does"
     record, source = _base_training_config(model_name_or_path)

@@ -276,8 +276,7 @@ def main(argv=None) -> int:
         cfg.optimizer = adapter_optimizer(cfg.optimizer)
     trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
                              processing_class=tokenizer, peft_config=peft_config,
-                             base_model_path=cfg.model_name_or_path)
-    trainer.optimizer_choice = choice
+                             base_model_path=cfg.model_name_or_path, optimizer_choice=choice)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
     from .checkpoint import redact, remove_checkpoints, resolve_resume, write_json_atomic
 

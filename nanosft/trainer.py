@@ -16,10 +16,8 @@ Each override changes one TRL/transformers behaviour, for one reason:
 - ``log``: adds tokens/s and supervised tokens/s (TRL's ``num_tokens`` counts ``position_ids.size(1)``
   without an attention mask, undercounting a multi-row batch); the cumulative counts live in the
   ``TokenCounter`` callback, which transformers saves in ``trainer_state.json`` and restores on resume.
-- ``_save_checkpoint`` (+ ``_get_output_dir``, ``_push_from_checkpoint``): atomic checkpoints - the
-  Trainer writes into ``tmp-checkpoint-<step>/``, which is renamed to ``checkpoint-<step>`` once
-  complete, with ``nanosft_state.json`` and the model card inside (``nanosft/checkpoint.py``); a kill
-  mid-save never leaves a ``checkpoint-*`` folder that resume would pick.
+- ``_save_checkpoint`` (+ ``_get_output_dir``, ``_push_from_checkpoint``): atomic checkpoints, with
+  ``nanosft_state.json`` and the model card inside (``nanosft/checkpoint.py``).
 - ``create_model_card``: nanosft's card (``nanosft/hub.py``) instead of TRL's.
 - ``_save``: the weight files get the permissions of ordinary new files (0666 less the umask; safetensors
   0.8 creates them 0600); ``nanosft_config.json`` (optimizer, LRs, base model) goes beside every saved model.
@@ -45,8 +43,8 @@ logger = logging.getLogger(__name__)
 
 
 class TokenCounter(TrainerCallback, ExportableState):
-    """Cumulative real input and supervised tokens (``tokens``), saved in ``trainer_state.json`` and restored on
-    resume by transformers (``restore_callback_states_from_checkpoint``); ``clock``: (time, *tokens) at the last log."""
+    """Cumulative real input and supervised ``tokens``, saved in ``trainer_state.json`` and restored on resume by
+    transformers (``restore_callback_states_from_checkpoint``); ``clock``: (time, *tokens) at the last log."""
 
     def __init__(self, tokens=(0, 0)):
         self.tokens = [int(t) for t in tokens]
@@ -71,9 +69,10 @@ class NanoSFTTrainer(SFTTrainer):
         processing_class: the tokenizer (saved with every checkpoint).
         callbacks, peft_config: as in ``trl.SFTTrainer``.
         base_model_path: where to look for optimizer state to warm-start from (``load_optimizer``).
+        optimizer_choice: the line of a caller that resolved ``optimizer: auto`` itself (``choose_optimizer``);
+            None: resolved here. Shown in the model card and ``nanosft_config.json``.
 
-    ``optimizer: auto`` is resolved here unless the caller did (``choose_optimizer``, its line ``optimizer_choice``),
-    and LRs left None are filled: the base checkpoint's, else nanochat's (``resolve_learning_rates``, logged).
+    LRs left None are filled: the base checkpoint's, else nanochat's (``resolve_learning_rates``, logged).
 
     Raises:
         ValueError: from TRL for inconsistent options; ``data_collator`` cannot be overridden.
@@ -84,7 +83,7 @@ class NanoSFTTrainer(SFTTrainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, model, args, train_dataset, eval_dataset=None, processing_class=None, callbacks=None,
-                 peft_config=None, base_model_path: str | None = None, **kwargs):
+                 peft_config=None, base_model_path: str | None = None, optimizer_choice: str | None = None, **kwargs):
         if "data_collator" in kwargs:
             raise ValueError("NanoSFTTrainer builds its own PackedCollator; do not pass data_collator")
         attn = getattr(model.config, "_attn_implementation", None) or ""
@@ -95,8 +94,8 @@ class NanoSFTTrainer(SFTTrainer):
             flatten="flash" in attn,
         )
         self.base_model_path = base_model_path
-        if args.optimizer == "auto":
-            self.optimizer_choice = choose_optimizer(args)
+        self.optimizer_choice = optimizer_choice or choose_optimizer(args)  # resolves optimizer: auto
+        if optimizer_choice is None:
             logger.info(self.optimizer_choice)
         base = base_model_path if getattr(args, "model_config", None) is None else None
         for key, value in resolve_learning_rates(base, {k: getattr(args, k) for k in LR_KEYS}).items():
@@ -239,7 +238,6 @@ class NanoSFTTrainer(SFTTrainer):
 
     # ----- checkpoints, records and the model card (nanosft/checkpoint.py, nanosft/hub.py) -----
     run_config: dict | None = None  # the resolved YAML config (train.py sets it); recorded in checkpoints
-    optimizer_choice: str | None = None  # "optimizer auto -> muon: ..." (nanosft.schedule.choose_optimizer)
     _ckpt_staging: str | None = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -260,9 +258,7 @@ class NanoSFTTrainer(SFTTrainer):
         """Write ``checkpoint-<step>`` atomically: transformers 5.24 (``Trainer._save_checkpoint``) still writes it
         in place, file by file, with no atomic step; drop this override once transformers stages its saves.
 
-        The Trainer (and TRL) write ``<run_dir>/tmp-checkpoint-<step>/checkpoint-<step>/``; the main process
-        adds ``nanosft_state.json`` and ``README.md``; after a barrier it ``os.replace``s the folder to
-        ``<run_dir>/checkpoint-<step>``; rotation (``save_total_limit``) and the Hub push follow the rename.
+        The design is ``nanosft/checkpoint.py``'s; rotation (``save_total_limit``) and the Hub push follow the rename.
         """
         from transformers.trainer_utils import rotate_checkpoints
 
