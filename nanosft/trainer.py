@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from transformers.trainer_callback import ExportableState, TrainerCallback
 from trl import SFTTrainer
 
-from .muon import LR_KEYS
+from .muon import DEEPSPEED_MUON_KEYS, LR_KEYS, build_optimizer, prepare_deepspeed_muon
 from .packing import IGNORE_INDEX, PackedCollator
 from .schedule import choose_optimizer, resolve_learning_rates
 from .tokenizer import BOS
@@ -115,7 +115,6 @@ class NanoSFTTrainer(SFTTrainer):
         # kwargs", which PEFT wrappers hide); compute_loss relies on it.
         self.model_accepts_loss_kwargs = True
         self.add_callback(TokenCounter())
-        self._resuming = False
 
     @property
     def token_counter(self) -> TokenCounter:  # looked up: transformers replaces the instance on resume
@@ -167,7 +166,8 @@ class NanoSFTTrainer(SFTTrainer):
         """Build MuonAdamW/AdamW via ``optimizer_cls_and_kwargs`` and warm-start it (``load_optimizer``).
 
         The warm start reads the base checkpoint's optimizer state (momentum buffers) and keeps the SFT
-        LRs; it is skipped when resuming, where the checkpoint's own optimizer state is loaded instead.
+        LRs; it is skipped when resuming (``global_step`` > 0: transformers reads the checkpoint's state first), where
+        the checkpoint's own optimizer state is loaded instead.
 
         Under DeepSpeed this runs only when the DS config has no "optimizer" block (ds_configs/ have none):
         ``optimizer: adamw`` gives the same grouped torch AdamW (ZeRO accepts a client torch optimizer);
@@ -175,39 +175,20 @@ class NanoSFTTrainer(SFTTrainer):
         (``nanosft.muon.prepare_deepspeed_muon``: ZeRO hands client optimizers flat 1-D shards).
         """
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
-            if self.is_deepspeed_enabled and self.args.optimizer == "muon":
-                self.optimizer = self._deepspeed_muon()
+            if self.is_deepspeed_enabled and self.args.optimizer == "muon":  # fixes the live DS config in place
+                ds_config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
+                kw = {k: v for k, v in optimizer_kwargs(self.args, self.model).items() if k in DEEPSPEED_MUON_KEYS}
+                self.optimizer, fixed = prepare_deepspeed_muon(self.model, ds_config, **kw)
+                ds_config.update(fixed)  # clipping off, ZeRO-3 reduce_scatter: false, before deepspeed.initialize
             else:
-                from .muon import build_optimizer
-
                 self.optimizer_cls_and_kwargs = (build_optimizer, optimizer_kwargs(self.args, self.model))
         optimizer = super().create_optimizer(model)
-        if (self.args.load_optimizer and self.base_model_path and not self._resuming
+        if (self.args.load_optimizer and self.base_model_path and self.state.global_step == 0
                 and not getattr(self, "_warm_started", False)):
             from .warm_start import load_warm_start
 
             self._warm_started = load_warm_start(optimizer, self.base_model_path, model=self.model)
         return optimizer
-
-    def _deepspeed_muon(self):
-        """DeepSpeed's MuonWithAuxAdam for ``self.model``; fixes the live DS config in place (clipping off,
-        ZeRO-3 ``reduce_scatter: false``) before ``deepspeed.initialize`` reads it.
-
-        Raises:
-            ValueError: from ``prepare_deepspeed_muon`` when clipping is on (set ``max_grad_norm: 0``).
-        """
-        from .muon import DEEPSPEED_MUON_KEYS, prepare_deepspeed_muon
-
-        ds_config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
-        kw = {k: v for k, v in optimizer_kwargs(self.args, self.model).items() if k in DEEPSPEED_MUON_KEYS}
-        optimizer, fixed = prepare_deepspeed_muon(self.model, ds_config, **kw)
-        ds_config.update(fixed)
-        return optimizer
-
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``Trainer.train``; remembers whether this run resumes (no optimizer warm start then)."""
-        self._resuming = bool(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """nanochat's schedule: warmup, constant, linear warmdown to ``final_lr_frac``."""
