@@ -1,6 +1,6 @@
 """Atomic checkpoints, ``resume_from_checkpoint: auto``, and the record every checkpoint carries.
 
-Design. transformers' ``Trainer._save_checkpoint`` (5.23) writes ``<output_dir>/checkpoint-<step>/``
+Design. transformers' ``Trainer._save_checkpoint`` (5.24) writes ``<output_dir>/checkpoint-<step>/``
 file by file (model, optimizer, scheduler, RNG, ``trainer_state.json``) with no atomic step: a process
 killed mid-save leaves a folder that ``get_last_checkpoint`` picks and ``resume_from_checkpoint`` then
 fails on (or silently loads half a state). ``NanoSFTTrainer._save_checkpoint`` lets the Trainer write
@@ -14,10 +14,8 @@ Trade-off: one extra directory rename per save (microseconds) and, for a kill du
 partial ``tmp-checkpoint-*`` stays on disk until the next save of that run removes it. A multi-node
 run needs ``output_dir`` on a shared filesystem (or ``save_on_each_node: true``), as for the Trainer.
 
-The record (``nanosft_state.json``): the resolved config (the YAML dict after ``--set``; token-like
-keys redacted), global step, epoch, tokens seen (real input and supervised, cumulative across
-resumes), the latest validation bpb / eval loss / ChatCORE metrics found in the log history, and the
-library versions.
+The record (``nanosft_state.json``): ``checkpoint_record``; beside it ``nanosft_config.json``
+(``write_training_config``), which the next run starting from the checkpoint reads.
 """
 
 from __future__ import annotations

@@ -43,14 +43,13 @@ __all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse
 
 
 # Options nanosft's renderer, packer, collator and loss replace (trl 1.16): refused unless at TRL's default.
-_ASSISTANT_ONLY = "nanosft always trains on assistant tokens only (the nanochat chat format)"
 REPLACED_TRL_OPTIONS = {
     "packing": "nanosft always packs (packing_strategy: nanochat|bfd)",
     "eval_packing": "nanosft packs eval_datasets like the training data",
     "padding_free": "nanosft's collator packs rows with per-conversation position ids (attention: document|causal)",
     "pad_to_multiple_of": "nanosft's rows are always max_length tokens",
-    "assistant_only_loss": _ASSISTANT_ONLY,
-    "completion_only_loss": _ASSISTANT_ONLY,
+    "assistant_only_loss": "nanosft always trains on assistant tokens only (the nanochat chat format)",
+    "completion_only_loss": "nanosft always trains on assistant tokens only (the nanochat chat format)",
     "loss_type": "nanosft's loss is the token cross-entropy on supervised tokens (NanoSFTTrainer.compute_loss)",
     "label_smoothing_factor": "nanosft's loss is the token cross-entropy on supervised tokens, unsmoothed",
     "use_liger_kernel": "nanosft computes logits only at supervised positions (NanoSFTTrainer.compute_loss)",
@@ -206,10 +205,8 @@ class NanoSFTConfig(SFTConfig):
         if self.total_batch_size:
             per_step = self.per_device_train_batch_size * self.max_length * self.world_size
             if self.total_batch_size % per_step:
-                raise ConfigError(
-                    f"total_batch_size: {self.total_batch_size} tokens is not a multiple of per_device_train_batch_size"
-                    f" * max_length * world_size = {per_step}"
-                )
+                raise ConfigError(f"total_batch_size: {self.total_batch_size} tokens is not a multiple of "
+                                  f"per_device_train_batch_size * max_length * world_size = {per_step}")
             self.gradient_accumulation_steps = self.total_batch_size // per_step
 
 
@@ -251,7 +248,6 @@ def resolve_local_path(key: str, value: str | None, folder_only: bool = False) -
         what = "folder" if folder_only else "path"
         raise ConfigError(f"{key}: {what} not found: {value}{where}")
     return value
-
 
 
 def config_arg_parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:

@@ -74,9 +74,9 @@ def main(argv=None) -> int:
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
     from transformers import set_seed
 
-    from .checkpoint import redact, resolve_resume, write_json_atomic
+    from .checkpoint import redact, write_json_atomic
     from .rl_trainer import NanoRLTrainer, PassAtKCallback
-    from .train import load_model, load_tokenizer, redact_overrides, versions
+    from .train import load_model, load_tokenizer, redact_overrides, train_and_save, versions
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
@@ -101,21 +101,9 @@ def main(argv=None) -> int:
                            "training_args": cfg.to_dict(), "versions": versions(), "stage": "rl",
                            "optimizer_choice": trainer.optimizer_choice,
                            "source_checkpoint": cfg.model_name_or_path})
-    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if trainer.is_world_process_zero():
         remove_checkpoints(cfg.output_dir, overwritten)  # overwrite_output_dir: the earlier run's checkpoints
-    result = trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero():
-        write_json_atomic(os.path.join(cfg.output_dir, "metrics.json"),
-                          {"train": result.metrics, "log_history": trainer.state.log_history})
-    trainer.save_model(cfg.output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(cfg.output_dir)
-        trainer.create_model_card()
-        logger.info("saved the RL model to %s", cfg.output_dir)
-        from .report import write_report
-
-        write_report(cfg.output_dir)
+    train_and_save(trainer, cfg, tokenizer, "RL")
     return 0
 
 

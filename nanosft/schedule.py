@@ -150,11 +150,10 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
     """Embedding/unembedding/matrix/scalar LRs for SFT: override > base checkpoint > nanochat default.
 
     Looks for the base checkpoint's training config in, in order: a dict passed directly;
-    ``<folder>/nanosft_config.json`` (written by nanosft; LR keys at the top level or under
-    "training"/"optimizer"); nanochat's ``<folder>/meta_<step>.json`` of the latest step (LR keys
-    under ``user_config``, as scripts/base_train.py saves its arguments). HF's
-    ``training_args.bin`` is a pickle and is not read. ``overrides`` entries that are None mean
-    "not set". Logs one line per LR: inherited, overridden, or nanochat default.
+    ``<folder>/nanosft_config.json`` (``nanosft.checkpoint.write_training_config``); nanochat's
+    ``<folder>/meta_<step>.json`` of the latest step (LR keys under ``user_config``, as scripts/base_train.py
+    saves its arguments). ``overrides`` entries that are None mean "not set". Logs one line per LR:
+    inherited, overridden, or nanochat default.
 
     Returns:
         {"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"} -> float.

@@ -16,8 +16,11 @@ import logging
 import os
 import sys
 
+from .checkpoint import resolve_resume, write_json_atomic
+from .convert import is_nanochat_checkpoint
 from .errors import run_cli
 from .hub import hide_token
+from .report import write_report
 from .prepare import check_supervision  # noqa: F401  (re-exported: the check runs when the data are prepared)
 
 logger = logging.getLogger("nanosft.train")
@@ -122,13 +125,6 @@ def load_model(cfg, tokenizer):
     model.generation_config.pad_token_id = bos_id  # generate() needs one; only used to fill finished rows
     model.config.use_cache = True  # for serving; compute_loss passes use_cache=False in training
     return model
-
-
-def is_nanochat_checkpoint(path) -> bool:
-    """A nanochat checkpoint folder (``model_<step>.pt`` + ``meta_<step>.json``); see ``nanosft.convert``."""
-    from .convert import is_nanochat_checkpoint as check
-
-    return check(path)
 
 
 def attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows) -> None:
@@ -278,7 +274,7 @@ def main(argv=None) -> int:
                              processing_class=tokenizer, peft_config=peft_config,
                              base_model_path=cfg.model_name_or_path, optimizer_choice=choice)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
-    from .checkpoint import redact, remove_checkpoints, resolve_resume, write_json_atomic
+    from .checkpoint import redact, remove_checkpoints
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
     trainer.run_config = raw  # recorded in every checkpoint's nanosft_state.json
@@ -289,22 +285,26 @@ def main(argv=None) -> int:
                           {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
                            "optimizer_choice": choice, "training_args": cfg.to_dict(), "versions": versions()})
         write_json_atomic(os.path.join(cfg.output_dir, "data_stats.json"), stats)
-    # "auto": the latest complete checkpoint-<step> in output_dir, or a fresh start when there is none
-    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    train_and_save(trainer, cfg, tokenizer, "chat")
+    if trainer.is_world_process_zero():
+        print(summary_line(trainer, cfg), flush=True)
+    return 0
+
+
+def train_and_save(trainer, cfg, tokenizer, what: str) -> None:
+    """Train (``resume_from_checkpoint: auto``: the latest complete checkpoint-<step>, or a fresh start), then
+    write into ``output_dir``: ``metrics.json``, the final model and tokenizer (and, with ``push_to_hub``, upload
+    them: ``Trainer.push_to_hub``), nanosft's model card and ``report.md`` with its plots. SFT and RL recipes."""
+    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir))
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(cfg.output_dir, "metrics.json"),
                           {"train": result.metrics, "log_history": trainer.state.log_history})
-    trainer.save_model(cfg.output_dir)  # with push_to_hub: also uploads output_dir (Trainer.push_to_hub)
+    trainer.save_model(cfg.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(cfg.output_dir)
-        trainer.create_model_card()  # README.md: nanosft's card with the final metrics
-        logger.info("saved the chat model to %s", cfg.output_dir)
-        from .report import write_report
-
-        write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report.py)
-        print(summary_line(trainer, cfg), flush=True)
-    return 0
+        trainer.create_model_card()
+        logger.info("saved the %s model to %s", what, cfg.output_dir)
+        write_report(cfg.output_dir)
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
