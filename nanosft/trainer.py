@@ -87,12 +87,8 @@ class NanoSFTTrainer(SFTTrainer):
         if "data_collator" in kwargs:
             raise ValueError("NanoSFTTrainer builds its own PackedCollator; do not pass data_collator")
         attn = getattr(model.config, "_attn_implementation", None) or ""
-        collator = PackedCollator(
-            args.max_length,
-            pad_token_id=processing_class.convert_tokens_to_ids(BOS),
-            attention=args.attention,
-            flatten="flash" in attn,
-        )
+        collator = PackedCollator(args.max_length, pad_token_id=processing_class.convert_tokens_to_ids(BOS),
+                                  attention=args.attention, flatten="flash" in attn)
         self.base_model_path = base_model_path
         self.optimizer_choice = optimizer_choice or choose_optimizer(args)  # resolves optimizer: auto
         if optimizer_choice is None:
@@ -100,17 +96,9 @@ class NanoSFTTrainer(SFTTrainer):
         base = base_model_path if getattr(args, "model_config", None) is None else None
         for key, value in resolve_learning_rates(base, {k: getattr(args, k) for k in LR_KEYS}).items():
             setattr(args, key, value)
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            peft_config=peft_config,
-            **kwargs,
-        )
+        super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config, **kwargs)
         # Always count supervised tokens per step (the Trainer only does when the model "accepts loss
         # kwargs", which PEFT wrappers hide); compute_loss relies on it.
         self.model_accepts_loss_kwargs = True
