@@ -34,7 +34,6 @@ from .muon import LR_KEYS, NANOCHAT_DEFAULT_LRS
 logger = logging.getLogger(__name__)
 
 
-
 def lr_multiplier(progress: float, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.5,
                   final_lr_frac: float = 0.0) -> float:
     """LR multiplier at ``progress`` in [0, 1] (fraction of the run; clamped), nanochat chat_sft.py.
