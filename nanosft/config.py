@@ -140,7 +140,7 @@ class NanoSFTConfig(SFTConfig):
     warmdown_ratio: float = field(default=0.5, metadata={"help": "Fraction of the run over which LR decays linearly."})
     final_lr_frac: float = field(default=0.0, metadata={"help": "LR at the end, as a fraction of the initial LR."})
     optimizer_kwargs: dict | None = field(
-        default=None, metadata={"help": "Extra kwargs for nanosft.muon.build_optimizer (momentum, adam_eps, adamw_matrix_lr, ...)."}
+        default=None, metadata={"help": "Extra kwargs for nanosft.muon.build_optimizer (momentum, adam_eps, lr, ...)."}
     )
     load_optimizer: bool = field(
         default=True, metadata={"help": "Warm-start optimizer state (momentum) from the base checkpoint if present."}
