@@ -24,11 +24,10 @@ from .errors import run_cli
 from .eval.rewards import load_rl_problems, resolve_reward
 from .files import write_json_atomic
 from .models.pretrained import load_model, load_tokenizer
-from .optim.schedule import LR_KEYS, resolve_learning_rates
-from .report.report import write_report
-from .train import cpu_launch_fix, early_checks
-from .training.checkpoint import redact, redact_overrides, remove_checkpoints, resolve_resume, versions
+from .train import cpu_launch_fix, early_checks, train_and_save
+from .training.checkpoint import redact, redact_overrides, remove_checkpoints, versions
 from .training.config import ConfigError, build_config, config_arg_parser, read_config_dict
+from .training.hub import hide_token
 from .training.rl_trainer import NanoRLConfig, NanoRLTrainer, PassAtKCallback
 
 logger = logging.getLogger("nanosft.rl")
@@ -70,6 +69,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise ConfigError(f"{args.config}: reward: {e}") from None
     overwritten = early_checks(cfg)  # model path, output_dir checkpoints, distributed launch
+    hide_token(cfg)  # before the Trainer pickles or uses the args: the token lives in HF_TOKEN only
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if cfg.process_index == 0 else logging.WARNING)
 
@@ -80,9 +80,6 @@ def main(argv=None) -> int:
                 len(train), cfg.task, cfg.examples_per_step, cfg.num_samples, len(held_out))
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
-    base = cfg.model_name_or_path if cfg.model_config is None else None
-    for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
-        setattr(cfg, key, value)
 
     trainer = NanoRLTrainer(model=model, args=cfg, problems=train, reward_fn=reward_fn, processing_class=tokenizer,
                             base_model_path=cfg.model_name_or_path)
@@ -97,21 +94,11 @@ def main(argv=None) -> int:
         write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
                           {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
                            "training_args": cfg.to_dict(), "versions": versions(), "stage": "rl",
+                           "optimizer_choice": trainer.optimizer_choice,
                            "source_checkpoint": cfg.model_name_or_path})
-    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if trainer.is_world_process_zero():
         remove_checkpoints(cfg.output_dir, overwritten)  # overwrite_output_dir: the earlier run's checkpoints
-    result = trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero():
-        write_json_atomic(os.path.join(cfg.output_dir, "metrics.json"),
-                          {"train": result.metrics, "log_history": trainer.state.log_history})
-    trainer.save_model(cfg.output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(cfg.output_dir)
-        trainer.create_model_card()
-        logger.info("saved the RL model to %s", cfg.output_dir)
-
-        write_report(cfg.output_dir)
+    train_and_save(trainer, cfg, tokenizer, "RL")
     return 0
 
 

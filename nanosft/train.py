@@ -6,7 +6,8 @@ model so that a missing file or a malformed row fails in seconds. User errors (n
 one line ``error: ...`` and exit 2 before anything is written to ``output_dir``.
 Outputs in ``output_dir``: ``checkpoint-<step>/`` folders (resumable), the final HF model (safetensors,
 config, generation config with ``<|assistant_end|>`` as EOS, tokenizer with the chat template),
-``run_config.json`` (resolved config + versions), ``data_stats.json`` and ``metrics.json``.
+``run_config.json`` (resolved config, optimizer choice, versions), ``nanosft_config.json`` (optimizer, LRs, base
+model; also in every checkpoint), ``data_stats.json`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from .eval.chatcore import split_metric_key
 from .files import write_json_atomic
 from .models.lora import adapter_optimizer, build_lora_config
 from .models.pretrained import check_model_source, load_model, load_tokenizer
-from .optim.schedule import LR_KEYS, inherit_batch_shape, resolve_learning_rates
+from .optim.schedule import choose_optimizer, inherit_batch_shape
 from .report.report import write_report
 from .training.checkpoint import (check_output_dir, latest_metrics, redact, redact_overrides, remove_checkpoints,
                                   resolve_resume, versions)
 from .training.config import build_config, config_arg_parser, read_config_dict
+from .training.hub import hide_token
 from .training.trainer import NanoSFTTrainer
 
 logger = logging.getLogger("nanosft.train")
@@ -153,26 +155,24 @@ def main(argv=None) -> int:
     for line in inherited:
         logger.info(line)
     overwritten = early_checks(cfg)
+    hide_token(cfg)  # before the Trainer pickles or uses the args: the token lives in HF_TOKEN only
 
+    choice = choose_optimizer(cfg)  # optimizer: auto -> muon | adamw, from how the base was pretrained
+    if cfg.process_index == 0:
+        print(choice, flush=True)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
     train_rows, eval_rows, stats = build_datasets(cfg, tokenizer)
     model = load_model(cfg, tokenizer)
     logger.info("model: %s, %.1fM parameters", type(model).__name__, model.num_parameters() / 1e6)
 
-    # LRs: the config's value > the base checkpoint's training config > nanochat's defaults (logged)
-    base = cfg.model_name_or_path if cfg.model_config is None else None
-    for key, value in resolve_learning_rates(base, {k: getattr(cfg, k) for k in LR_KEYS}).items():
-        setattr(cfg, key, value)
-
     peft_config = None
     if cfg.peft:  # LoRA (nanosft/models/lora.py): new token rows trainable; adapters train with AdamW
-
         peft_config = build_lora_config(cfg.peft, model, getattr(model, "nanosft_new_token_ids", None))
         cfg.optimizer = adapter_optimizer(cfg.optimizer)
     trainer = NanoSFTTrainer(model=model, args=cfg, train_dataset=train_rows, eval_dataset=eval_rows,
                              processing_class=tokenizer, peft_config=peft_config,
-                             base_model_path=cfg.model_name_or_path)
+                             base_model_path=cfg.model_name_or_path, optimizer_choice=choice)
     attach_eval_callbacks(trainer, cfg, tokenizer, eval_rows)
 
     raw = redact(raw)  # no hub_token in run_config.json or checkpoint records
@@ -182,23 +182,28 @@ def main(argv=None) -> int:
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json_atomic(os.path.join(cfg.output_dir, "run_config.json"),
                           {"config_file": args.config, "config": raw, "overrides": redact_overrides(args.overrides),
-                           "training_args": cfg.to_dict(), "versions": versions()})
+                           "optimizer_choice": choice, "training_args": cfg.to_dict(), "versions": versions()})
         write_json_atomic(os.path.join(cfg.output_dir, "data_stats.json"), stats)
-    # "auto": the latest complete checkpoint-<step> in output_dir, or a fresh start when there is none
-    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    train_and_save(trainer, cfg, tokenizer, "chat")
+    if trainer.is_world_process_zero():
+        print(summary_line(trainer, cfg), flush=True)
+    return 0
+
+
+def train_and_save(trainer, cfg, tokenizer, what: str) -> None:
+    """Train (``resume_from_checkpoint: auto``: the latest complete checkpoint-<step>, or a fresh start), then
+    write into ``output_dir``: ``metrics.json``, the final model and tokenizer (and, with ``push_to_hub``, upload
+    them: ``Trainer.push_to_hub``), nanosft's model card and ``report.md`` with its plots. SFT and RL recipes."""
+    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir))
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(cfg.output_dir, "metrics.json"),
                           {"train": result.metrics, "log_history": trainer.state.log_history})
-    trainer.save_model(cfg.output_dir)  # with push_to_hub: also uploads output_dir (Trainer.push_to_hub)
+    trainer.save_model(cfg.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(cfg.output_dir)
         trainer.create_model_card()  # README.md: nanosft's card with the final metrics
-        logger.info("saved the chat model to %s", cfg.output_dir)
-
+        logger.info("saved the %s model to %s", what, cfg.output_dir)
         write_report(cfg.output_dir)  # report.md + PNG plots (nanosft/report/report.py)
-        print(summary_line(trainer, cfg), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

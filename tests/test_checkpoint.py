@@ -161,3 +161,32 @@ def test_commit_replaces_an_existing_checkpoint_atomically(tmp_path):
 def test_records_redact_tokens():
     assert ckpt.redact({"hub_token": "hf_abc", "max_length": 3, "pad_token": None}) == \
         {"hub_token": "<redacted>", "max_length": 3, "pad_token": None}
+
+
+def test_a_nanosft_checkpoint_passes_on_its_optimizer_and_lrs(tmp_path, data_dir):
+    """Run 1 fine-tunes a plain Llama with Muon at chosen LRs; run 2 starts from run 1's output with
+    ``optimizer: auto`` and no LRs: its nanosft_config.json makes it Muon at run 1's LRs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=65536, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4)).save_pretrained(base)
+    lrs = {"embedding_lr": 0.01, "unembedding_lr": 0.003, "matrix_lr": 0.011, "scalar_lr": 0.001}
+    first, second = tmp_path / "first", tmp_path / "second"
+    proc = run(TRAIN + tiny_overrides(data_dir, str(first), max_steps=2, save_steps=2, model_config="null",
+                                      model_name_or_path=str(base), optimizer="muon", **lrs))
+    assert "optimizer muon: set in the config" in proc.stdout
+    for folder in (first, first / "checkpoint-2"):
+        record = json.loads((folder / "nanosft_config.json").read_text())
+        assert record["optimizer"] == "muon" and record["base_model"] == str(base)
+        assert {k: record[k] for k in lrs} == lrs
+    proc = run(TRAIN + tiny_overrides(data_dir, str(second), max_steps=1, save_steps=1, model_config="null",
+                                      model_name_or_path=str(first), optimizer="auto"))
+    choice = "optimizer auto -> muon: the base model's nanosft_config.json records muon"
+    assert choice in proc.stdout, proc.stdout[-2000:]
+    assert "matrix_lr = 0.011 (inherited from" in proc.stderr
+    record = json.loads((second / "nanosft_config.json").read_text())
+    assert record["optimizer"] == "muon" and record["optimizer_choice"] == choice
+    assert {k: record[k] for k in lrs} == lrs and record["base_model"] == str(first)
+    assert json.loads((second / "run_config.json").read_text())["optimizer_choice"] == choice
+    assert f"- {choice}" in (second / "README.md").read_text()

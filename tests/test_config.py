@@ -144,6 +144,32 @@ def test_gpu_recipes_parse_and_resolve(name, dim, rows):
     assert f"model_dim {dim}" in open(os.path.join(REPO, "configs", f"{name}.yaml")).read()
 
 
+@pytest.mark.parametrize("key,value,instead", [
+    ("packing", "true", "nanosft always packs (packing_strategy: nanochat|bfd)"),
+    ("padding_free", "true", "attention: document|causal"),
+    ("assistant_only_loss", "true", "assistant tokens only"),
+    ("completion_only_loss", "false", "assistant tokens only"),
+    ("loss_type", "dft", "cross-entropy on supervised tokens"),
+    ("label_smoothing_factor", "0.1", "unsmoothed"),
+    ("use_liger_kernel", "true", "logits only at supervised positions"),
+    ("truncation_mode", "keep_end", "overlong: truncate|split"),
+    ("eos_token", "<|im_end|>", "<|assistant_end|>"),
+])
+def test_trl_options_nanosft_replaces_are_refused_naming_the_equivalent(tmp_path, key, value, instead):
+    import re
+
+    path = write(tmp_path, BASE.format(out=tmp_path) + f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(path)}: {key}: .*{re.escape(instead)}"):
+        load_config(path)
+
+
+def test_trl_options_left_at_their_defaults_are_accepted(tmp_path):
+    path = write(tmp_path, BASE.format(out=tmp_path) + "packing: false\nloss_type: nll\nuse_liger_kernel: false\n"
+                 "completion_only_loss: null\n")
+    cfg = load_config(path)
+    assert (cfg.packing, cfg.loss_type, cfg.optimizer) == (False, "nll", "auto")
+
+
 def test_total_batch_size_must_divide(tmp_path):
     path = write(tmp_path, BASE.format(out=tmp_path) + "max_length: 64\nper_device_train_batch_size: 3\n"
                  "total_batch_size: 1000\n")

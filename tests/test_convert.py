@@ -114,6 +114,18 @@ def test_converted_checkpoint_matches_nanochat_forward_and_carries_tokenizer(tmp
     assert (out / "meta_001200.json").is_file()  # base LRs stay inheritable (nanosft.optim.schedule)
 
 
+def test_optimizer_auto_is_muon_for_a_nanochat_checkpoint_and_its_conversion(tmp_path, tok_src):
+    from nanosft.optim.schedule import pretraining_optimizer
+
+    ckpt = write_nanochat_run(tmp_path, nanochat_state_dict(), tok_src)
+    assert pretraining_optimizer(str(ckpt)) == ("muon", "nanochat checkpoint (meta_001200.json)")
+    out = tmp_path / "hf"
+    convert_checkpoint(str(ckpt), str(out))
+    assert pretraining_optimizer(str(out)) == ("muon", "nanochat checkpoint (meta_001200.json)")
+    (out / "meta_001200.json").unlink()  # the model_type alone still says nanochat
+    assert pretraining_optimizer(str(out)) == ("muon", "nanochat checkpoint (model_type nanochat)")
+
+
 def test_unplaceable_tensors_are_listed_never_dropped(tmp_path, tok_src):
     """A 2026-style checkpoint (value embeddings, gates, lambdas, SSSL) that does not fit the current nanochat GPT:
     value embedding on layer 0 (nanochat puts them on layer 1 of 2), a 32-input gate, no smear/backout."""

@@ -271,7 +271,7 @@ def test_file_errors_name_the_path(tmp_path):
 
 
 def test_gpteacher_reads_its_json_file_like_the_files_loader(tmp_path):
-    from nanosft.tasks import gpteacher
+    from nanosft.data.tasks import gpteacher
 
     (tmp_path / "gpteacher").mkdir()
     path = tmp_path / "gpteacher" / "codegen-instruct.json"

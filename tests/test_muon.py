@@ -188,11 +188,26 @@ def test_adamw_option_is_torch_adamw_with_the_same_groups():
     assert by_name(adamw)["embedding"]["betas"] == (0.8, 0.95)
 
 
+def test_adamw_with_one_lr_gives_every_group_that_lr():
+    """``lr``: the Hugging Face fine-tuning AdamW (what ``optimizer: auto`` gives a model pretrained with AdamW)."""
+    model = tiny_nanochat()
+    opt = build_optimizer(model, optimizer="adamw", lr=2e-5, adam_betas=(0.9, 0.999), adam_eps=1e-8,
+                          weight_decay=0.1)
+    assert type(opt) is torch.optim.AdamW
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"matrix", "embedding", "unembedding"}
+    assert all(g["lr"] == pytest.approx(2e-5 * 0.8) and g["betas"] == (0.9, 0.999) and g["eps"] == 1e-8
+               for g in opt.param_groups)
+    assert groups["matrix"]["weight_decay"] == 0.1 and groups["embedding"]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="needs optimizer='adamw'"):
+        build_optimizer(model, lr=2e-5)
+
+
 def test_unknown_option_fails_loudly():
     with pytest.raises(TypeError):
         build_optimizer(tiny_nanochat(), matrx_lr=0.1)
-    with pytest.raises(ValueError, match="orthogonalizer"):
-        build_optimizer(tiny_nanochat(), orthogonalizer="svd")
+    with pytest.raises(ValueError, match="optimizer must be"):
+        build_optimizer(tiny_nanochat(), optimizer="sgd")
 
 
 def test_transformers_trainer_builds_it_through_optimizer_cls_and_kwargs(tmp_path):
@@ -200,11 +215,11 @@ def test_transformers_trainer_builds_it_through_optimizer_cls_and_kwargs(tmp_pat
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     trainer = Trainer(model=tiny_nanochat(), args=args,
-                      optimizer_cls_and_kwargs=(build_optimizer, {"matrix_lr": 0.01, "normuon": False}))
+                      optimizer_cls_and_kwargs=(build_optimizer, {"matrix_lr": 0.01, "momentum": 0.9}))
     opt = trainer.create_optimizer()
     assert isinstance(opt, MuonAdamW)
     matrix = next(g for g in opt.param_groups if g["name"] == "matrix")
-    assert matrix["lr"] == pytest.approx(0.008) and matrix["beta2"] is None
+    assert matrix["lr"] == pytest.approx(0.008) and matrix["momentum"] == 0.9
 
 
 def _train(model, opt, steps=2):

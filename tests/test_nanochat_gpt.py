@@ -297,6 +297,16 @@ def test_warm_start_refuses_mismatched_shapes_naming_them(converted, tmp_path):
     assert "Muon matrices of shape (128, 512)" in str(e.value)
 
 
+def test_optimizer_auto_is_muon_for_the_nanochat_checkpoint_and_its_conversion(converted, tmp_path):
+    import shutil
+
+    from nanosft.optim.schedule import pretraining_optimizer
+
+    assert pretraining_optimizer(BASE) == ("muon", "nanochat checkpoint (meta_000003.json)")
+    shutil.copy(os.path.join(converted, "config.json"), tmp_path / "config.json")  # no meta: the model_type says it
+    assert pretraining_optimizer(str(tmp_path)) == ("muon", "nanochat checkpoint (model_type nanochat_gpt)")
+
+
 # ----- end to end: nanochat's base_checkpoints/d4 -> 4 SFT steps -> a Hub-ready folder loadable without nanosft
 
 def test_train_from_nanochat_folder_and_reload_without_nanosft(tmp_path, data_dir):

@@ -136,12 +136,13 @@ def test_cli_rebuilds_the_report(run_dir):
 
 
 def test_report_and_model_card_replace_their_file_atomically(tmp_path, monkeypatch):
-    """Both go through checkpoint.write_text_atomic: a temp file in the same folder, then os.replace."""
-    from nanosft import checkpoint, hub
+    """Both go through files.write_text_atomic: a temp file in the same folder, then os.replace."""
+    from nanosft import files
+    from nanosft.training import hub
 
     (tmp_path / "README.md").write_text("old card")
     replaced, real_replace = [], os.replace
-    monkeypatch.setattr(checkpoint.os, "replace",
+    monkeypatch.setattr(files.os, "replace",
                         lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
     monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# new card")
     paths = [write_report(str(tmp_path)), hub.write_model_card(str(tmp_path), trainer=None)]
@@ -152,7 +153,7 @@ def test_report_and_model_card_replace_their_file_atomically(tmp_path, monkeypat
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     monkeypatch.setattr(hub, "build_model_card", lambda trainer, model_name=None, tags=None: "# half")
     with pytest.raises(OSError, match="disk full"):
         hub.write_model_card(str(tmp_path), trainer=None)

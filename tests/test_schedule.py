@@ -86,6 +86,31 @@ def test_lrs_from_nanosft_config_and_defaults(tmp_path):
     assert resolve_learning_rates({"matrix_lr": 0.05})["matrix_lr"] == 0.05
 
 
+def test_auto_is_adamw_for_a_plain_hf_model_and_muon_for_nanochat_or_a_muon_record(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nanosft.training.config import NanoSFTConfig
+    from nanosft.optim.schedule import choose_optimizer, pretraining_optimizer
+
+    llama = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4)).save_pretrained(llama)
+    cfg = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), learning_rate=3e-5,
+                        report_to="none")
+    assert cfg.optimizer == "auto"
+    assert choose_optimizer(cfg) == "optimizer auto -> adamw: base model has no Muon pretraining record"
+    assert cfg.optimizer == "adamw"  # Hugging Face's fine-tuning AdamW: one LR, TrainingArguments' betas and eps
+    assert cfg.optimizer_kwargs == {"lr": 3e-5, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8}
+    explicit = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), optimizer="muon",
+                             report_to="none")
+    assert choose_optimizer(explicit) == "optimizer muon: set in the config" and explicit.optimizer == "muon"
+    (llama / "nanosft_config.json").write_text(json.dumps({"optimizer": "muon"}))
+    assert pretraining_optimizer(str(llama)) == ("muon", "the base model's nanosft_config.json records muon")
+    tiny_nanochat().save_pretrained(tmp_path / "nanochat")  # transformers' NanoChat: nanochat's Oct-2025 GPT
+    assert pretraining_optimizer(str(tmp_path / "nanochat")) == ("muon", "nanochat checkpoint (model_type nanochat)")
+    assert pretraining_optimizer(None, fresh=True)[0] == "muon"
+
+
 def test_batch_shape_inherited_from_nanochat_meta_unless_set(tmp_path):
     import json
 

@@ -26,8 +26,7 @@ Design and its trade-off in numbers:
 - Distributed: optimizer state stays replicated on every rank (so HF Trainer's rank-0
   ``optimizer.pt`` is complete), but the orthogonalization - the only expensive part - is split:
   same-shape matrices are stacked, each rank orthogonalizes ceil(K/world) of them and the results
-  are all-gathered (nanochat's ``DistMuonAdamW`` pattern). With ``reduce_grads=True`` the optimizer
-  also averages gradients itself (nanochat style, model not wrapped in DDP).
+  are all-gathered (nanochat's ``DistMuonAdamW`` pattern). Gradients arrive averaged by DDP (accelerate).
 
 DeepSpeed ZeRO partitions parameters into flat 1-D shards, so no client Muon can run there; use
 DeepSpeed's own Muon through :func:`prepare_deepspeed_muon` (its math differs, see there).
@@ -62,6 +61,10 @@ NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
 
 # nanochat sets AdamW LRs for d_model 768 and scales them by (d_model / 768) ** -0.5 (nanochat/gpt.py).
 REFERENCE_D_MODEL = 768
+# The four LRs of nanochat's optimizer groups, and their defaults: nanochat scripts/base_train.py (unembedding
+# 0.008 in some newer runs; nanosft.schedule inherits a base checkpoint's own values).
+LR_KEYS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
+NANOCHAT_DEFAULT_LRS = {"embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
 
 
 # -----------------------------------------------------------------------------
@@ -310,7 +313,6 @@ class MuonAdamW(torch.optim.Optimizer):
             (True). AdamW groups take ``betas`` ((0.8, 0.95)), ``eps`` (1e-10), ``weight_decay`` (0).
             Muon params must have >= 2 dims; a Muon group may mix shapes.
         compute_dtype: dtype of the orthogonalization; None = bf16 on CUDA, else the param dtype.
-        reduce_grads: average gradients across ranks inside ``step`` (model not wrapped in DDP).
         shard_orthogonalization: split the orthogonalization across ranks and all-gather; None =
             on whenever torch.distributed is initialized with world size > 1.
 
@@ -323,7 +325,7 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, param_groups: list[dict], *, compute_dtype: torch.dtype | None = None,
-                 reduce_grads: bool = False, shard_orthogonalization: bool | None = None):
+                 shard_orthogonalization: bool | None = None):
         groups = []
         for group in param_groups:
             kind = group.get("kind")
@@ -338,7 +340,6 @@ class MuonAdamW(torch.optim.Optimizer):
             groups.append(group)
         super().__init__(groups, defaults={})
         self.compute_dtype = compute_dtype
-        self.reduce_grads = reduce_grads
         self.shard_orthogonalization = shard_orthogonalization
         self.orthogonalized = 0
 
@@ -348,16 +349,6 @@ class MuonAdamW(torch.optim.Optimizer):
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
-
-    def _average_grads(self, world: int) -> None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat)  # SUM then divide: gloo has no ReduceOp.AVG
-        flat /= world
-        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(f)
 
     # --- the two halves
     def _step_adamw(self, group: dict) -> None:
@@ -437,8 +428,6 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         rank, world = self._world()
-        if self.reduce_grads and world > 1:
-            self._average_grads(world)
         shard = world > 1 if self.shard_orthogonalization is None else self.shard_orthogonalization
         for group in self.param_groups:
             if group["kind"] == "adamw":
@@ -472,16 +461,15 @@ def adamw_group_specs(model: nn.Module, scale: float, *, embedding_lr: float, un
 # Factory: the transformers / TRL entry point
 
 def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
-                    embedding_lr: float = 0.3, unembedding_lr: float = 0.004, matrix_lr: float = 0.02,
-                    scalar_lr: float = 0.5, adamw_matrix_lr: float | None = None,
-                    init_lr_frac: float = 0.8, weight_decay: float = 0.0,
+                    embedding_lr: float = NANOCHAT_DEFAULT_LRS["embedding_lr"],
+                    unembedding_lr: float = NANOCHAT_DEFAULT_LRS["unembedding_lr"],
+                    matrix_lr: float = NANOCHAT_DEFAULT_LRS["matrix_lr"],
+                    scalar_lr: float = NANOCHAT_DEFAULT_LRS["scalar_lr"], adamw_matrix_lr: float | None = None,
+                    lr: float | None = None, init_lr_frac: float = 0.8, weight_decay: float = 0.0,
                     adam_betas: tuple[float, float] = (0.8, 0.95), adam_eps: float = 1e-10,
-                    momentum: float = 0.95, momentum_start: float = 0.85, momentum_warmup_steps: int = 300,
-                    orthogonalizer: str = "polar_express", ns_steps: int = 5,
-                    normuon: bool = True, normuon_beta2: float = 0.9, cautious_weight_decay: bool = True,
-                    row_equilibration: bool = True, renormalize: bool = True,
-                    compute_dtype: torch.dtype | None = None, reduce_grads: bool = False,
-                    shard_orthogonalization: bool | None = None, d_model: int | None = None):
+                    momentum: float = 0.95, momentum_warmup_steps: int = 300,
+                    compute_dtype: torch.dtype | None = None, shard_orthogonalization: bool | None = None,
+                    d_model: int | None = None):
     """Build nanochat's SFT optimizer for ``model`` (any HF causal LM), or AdamW with the same groups.
 
     Use with transformers/TRL as ``optimizer_cls_and_kwargs=(build_optimizer, {...})``: the
@@ -491,8 +479,9 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
     Groups (see :func:`split_parameters`), each tagged ``kind`` and ``name``; the LRs are
     nanochat's (scripts/base_train.py, chat_sft.py, gpt.py ``setup_optimizers``):
 
-    - "matrix": Muon, ``matrix_lr`` (0.02), ``weight_decay``; the effective LR of an (m, n)
-      matrix is further scaled by sqrt(max(1, m / n)) in the step.
+    - "matrix": Muon, ``matrix_lr`` (0.02), ``weight_decay``, ``momentum`` warmed up from 0.85 over
+      ``momentum_warmup_steps``; the effective LR of an (m, n) matrix is further scaled by
+      sqrt(max(1, m / n)) in the step; the rest of the Muon math is ``MuonAdamW``'s defaults.
     - "embedding" (``embedding_lr`` 0.3), "unembedding" (``unembedding_lr`` 0.004): AdamW, scaled
       by (d_model / 768) ** -0.5; betas ``adam_betas``, eps ``adam_eps``, no weight decay.
     - "scalar": AdamW, ``scalar_lr`` (0.5, unscaled, as nanochat's lambdas). nanochat tuned it for
@@ -503,24 +492,26 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
     ``lr`` and ``initial_lr``; :func:`nanosft.optim.schedule.build_scheduler` multiplies ``initial_lr``.
     ``optimizer="adamw"`` returns ``torch.optim.AdamW`` with the same groups; its "matrix" group
     uses ``adamw_matrix_lr`` (default: ``unembedding_lr``, the AdamW LR nanochat gives the other
-    dense matrix), scaled like the other AdamW LRs, and ``weight_decay``.
+    dense matrix), scaled like the other AdamW LRs, and ``weight_decay``. With ``lr`` set, every
+    group instead gets that one LR, unscaled (the usual Hugging Face fine-tuning of an AdamW-pretrained
+    model: ``learning_rate``), with ``weight_decay`` on the "matrix" group.
 
     Returns:
         ``MuonAdamW`` or ``torch.optim.AdamW``; every group has ``kind``, ``name``, ``param_names``.
 
     Raises:
-        ValueError: unknown ``optimizer``/``orthogonalizer``; TypeError: unknown keyword (typos in
-        a config fail loudly rather than being ignored).
+        ValueError: unknown ``optimizer``, or ``lr`` with Muon; TypeError: unknown keyword (typos in a config
+        fail loudly rather than being ignored).
     """
     if model is None:
         return build_optimizer
     if optimizer not in ("muon", "adamw"):
         raise ValueError(f"optimizer must be 'muon' or 'adamw', got {optimizer!r}")
-    if orthogonalizer not in ("polar_express", "newton_schulz"):
-        raise ValueError(f"orthogonalizer must be 'polar_express' or 'newton_schulz', got {orthogonalizer!r}")
+    if lr is not None and optimizer != "adamw":
+        raise ValueError("build_optimizer: lr (one LR for every group) needs optimizer='adamw'")
     scale = ((d_model or _d_model(model)) / REFERENCE_D_MODEL) ** -0.5
     parts = split_parameters(model)
-    if parts["scalar"] and scalar_lr > 0.05:
+    if parts["scalar"] and scalar_lr > 0.05 and lr is None:
         logger.warning("build_optimizer: %d 1-D parameters (e.g. %s) get AdamW at scalar_lr=%g, nanochat's LR "
                        "for residual lambdas; set scalar_lr lower (e.g. 1e-3) for norm gains and biases.",
                        len(parts["scalar"]), parts["scalar"][0][0], scalar_lr)
@@ -528,11 +519,11 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
     specs = adamw_group_specs(model, scale, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr,
                               scalar_lr=scalar_lr, adam_betas=adam_betas, adam_eps=adam_eps)
     if optimizer == "muon":
-        specs["matrix"] = dict(kind="muon", lr=matrix_lr, momentum=momentum, momentum_start=momentum_start,
-                               momentum_warmup_steps=momentum_warmup_steps,
-                               beta2=normuon_beta2 if normuon else None, weight_decay=weight_decay,
-                               cautious=cautious_weight_decay, orthogonalizer=orthogonalizer,
-                               ns_steps=ns_steps, row_equilibration=row_equilibration, renormalize=renormalize)
+        specs["matrix"] = dict(kind="muon", lr=matrix_lr, momentum=momentum,
+                               momentum_warmup_steps=momentum_warmup_steps, weight_decay=weight_decay)
+    elif lr is not None:  # one LR for every group, as the Hugging Face Trainer's AdamW
+        specs = {name: dict(adam, lr=lr) for name in parts}
+        specs["matrix"]["weight_decay"] = weight_decay
     else:
         lr = (unembedding_lr if adamw_matrix_lr is None else adamw_matrix_lr) * scale
         specs["matrix"] = dict(adam, lr=lr, weight_decay=weight_decay)
@@ -546,8 +537,7 @@ def build_optimizer(model: nn.Module | None = None, *, optimizer: str = "muon",
                            param_names=[n for n, _ in parts[name]]))
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=tuple(adam_betas), eps=adam_eps)
-    return MuonAdamW(groups, compute_dtype=compute_dtype, reduce_grads=reduce_grads,
-                     shard_orthogonalization=shard_orthogonalization)
+    return MuonAdamW(groups, compute_dtype=compute_dtype, shard_orthogonalization=shard_orthogonalization)
 
 
 # -----------------------------------------------------------------------------

@@ -27,12 +27,11 @@ import re
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+from transformers.utils import cached_file
+
+from .muon import LR_KEYS, NANOCHAT_DEFAULT_LRS
 
 logger = logging.getLogger(__name__)
-
-LR_KEYS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
-# nanochat scripts/base_train.py defaults (unembedding 0.008 in some newer runs; inherit those).
-NANOCHAT_DEFAULT_LRS = {"embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
 
 
 def lr_multiplier(progress: float, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.5,
@@ -81,7 +80,7 @@ def _base_training_config(base) -> tuple[dict, str]:
         return base, "the given config"
     if not base or not os.path.isdir(str(base)):
         return {}, ""
-    path = os.path.join(base, "nanosft_config.json")
+    path = os.path.join(base, TRAINING_CONFIG_NAME)
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f), path
@@ -92,6 +91,49 @@ def _base_training_config(base) -> tuple[dict, str]:
         with open(path) as f:
             return json.load(f), path
     return {}, ""
+
+
+MUON_MODEL_TYPES = ("nanochat", "nanochat_gpt")  # transformers' NanoChat (nanochat Oct 2025), nanosft's current GPT
+TRAINING_CONFIG_NAME = "nanosft_config.json"  # written by NanoSFTTrainer beside every saved model
+
+
+def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str, str]:
+    """(``"muon"`` | ``"adamw"``, reason) for ``optimizer: auto``. Muon for a base known to be Muon-pretrained: a
+    fresh NanoChat (``fresh``); a nanochat checkpoint, raw or converted (``meta_<step>.json``) or by ``model_type``;
+    a nanosft checkpoint whose ``nanosft_config.json`` says "muon". AdamW otherwise: switching optimizer between
+    pretraining and full fine-tuning hurts (arXiv:2605.10468)."""
+    if fresh:
+        return "muon", "fresh NanoChat model (model_config), trained from scratch as nanochat does"
+    record, source = _base_training_config(model_name_or_path)
+    if os.path.basename(source).startswith("meta_"):
+        return "muon", f"nanochat checkpoint ({os.path.basename(source)})"
+    try:  # a GGUF file, a pkg:// path or an unknown repo has no config.json
+        path = cached_file(model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError):
+        path = None
+    model_type = json.load(open(path, encoding="utf-8")).get("model_type") if path else None
+    if model_type in MUON_MODEL_TYPES:
+        return "muon", f"nanochat checkpoint (model_type {model_type})"
+    if source.endswith(TRAINING_CONFIG_NAME) and record.get("optimizer") in ("muon", "adamw"):
+        return record["optimizer"], f"the base model's {TRAINING_CONFIG_NAME} records {record['optimizer']}"
+    return "adamw", "base model has no Muon pretraining record"
+
+
+def choose_optimizer(cfg) -> str:
+    """Resolve ``cfg.optimizer == "auto"`` in place (``pretraining_optimizer``) and return the line saying why,
+    e.g. "optimizer auto -> adamw: base model has no Muon pretraining record" or "optimizer muon: set in the config".
+
+    auto -> adamw is Hugging Face's fine-tuning AdamW: one LR (``learning_rate``) for every group, betas
+    (``adam_beta1``, ``adam_beta2``), eps ``adam_epsilon``; set in ``cfg.optimizer_kwargs`` (whose entries win).
+    """
+    if cfg.optimizer != "auto":
+        return f"optimizer {cfg.optimizer}: set in the config"
+    cfg.optimizer, reason = pretraining_optimizer(cfg.model_name_or_path, fresh=cfg.model_config is not None)
+    if cfg.optimizer == "adamw":
+        cfg.optimizer_kwargs = {"lr": cfg.learning_rate, "adam_betas": (cfg.adam_beta1, cfg.adam_beta2),
+                                "adam_eps": cfg.adam_epsilon, **(cfg.optimizer_kwargs or {})}
+    return f"optimizer auto -> {cfg.optimizer}: {reason}"
 
 
 def _find_lrs(config: dict) -> dict:
@@ -107,11 +149,10 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
     """Embedding/unembedding/matrix/scalar LRs for SFT: override > base checkpoint > nanochat default.
 
     Looks for the base checkpoint's training config in, in order: a dict passed directly;
-    ``<folder>/nanosft_config.json`` (written by nanosft; LR keys at the top level or under
-    "training"/"optimizer"); nanochat's ``<folder>/meta_<step>.json`` of the latest step (LR keys
-    under ``user_config``, as scripts/base_train.py saves its arguments). HF's
-    ``training_args.bin`` is a pickle and is not read. ``overrides`` entries that are None mean
-    "not set". Logs one line per LR: inherited, overridden, or nanochat default.
+    ``<folder>/nanosft_config.json`` (``nanosft.checkpoint.write_training_config``); nanochat's
+    ``<folder>/meta_<step>.json`` of the latest step (LR keys under ``user_config``, as scripts/base_train.py
+    saves its arguments). ``overrides`` entries that are None mean "not set". Logs one line per LR:
+    inherited, overridden, or nanochat default.
 
     Returns:
         {"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"} -> float.

@@ -199,15 +199,13 @@ def load_warm_start(optimizer: torch.optim.Optimizer, base_path: str | None,
     Only state is loaded - never param groups - so LRs stay the SFT values (nanochat
     chat_sft.py resets them the same way); the Muon momentum warmup restarts at step 0.
 
-    For the current nanochat GPT the file must match exactly (:func:`_nanochat_gpt_saved_states`).
-
     Returns:
         True if any parameter got state; False (with a log line saying what was looked for)
         when nothing usable was found - training then starts from a fresh optimizer.
 
     Raises:
         ValueError: a nanochat file for the current nanochat GPT whose groups or shapes differ from this
-            model's, naming each mismatch.
+            model's (it must match exactly: :func:`_nanochat_gpt_saved_states`), naming each mismatch.
     """
     kind, files = _find_optimizer_files(base_path) if base_path else ("", [])
     if not files:

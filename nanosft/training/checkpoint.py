@@ -1,6 +1,6 @@
 """Atomic checkpoints, ``resume_from_checkpoint: auto``, and the record every checkpoint carries.
 
-Design. transformers' ``Trainer._save_checkpoint`` (5.23) writes ``<output_dir>/checkpoint-<step>/``
+Design. transformers' ``Trainer._save_checkpoint`` (5.24) writes ``<output_dir>/checkpoint-<step>/``
 file by file (model, optimizer, scheduler, RNG, ``trainer_state.json``) with no atomic step: a process
 killed mid-save leaves a folder that ``get_last_checkpoint`` picks and ``resume_from_checkpoint`` then
 fails on (or silently loads half a state). ``NanoSFTTrainer._save_checkpoint`` lets the Trainer write
@@ -14,10 +14,8 @@ Trade-off: one extra directory rename per save (microseconds) and, for a kill du
 partial ``tmp-checkpoint-*`` stays on disk until the next save of that run removes it. A multi-node
 run needs ``output_dir`` on a shared filesystem (or ``save_on_each_node: true``), as for the Trainer.
 
-The record (``nanosft_state.json``): the resolved config (the YAML dict after ``--set``; secrets
-redacted), global step, epoch, tokens seen (real input and supervised, cumulative across
-resumes), the latest validation bpb / eval loss / ChatCORE metrics found in the log history, and the
-library versions.
+The record (``nanosft_state.json``): ``checkpoint_record``; beside it ``nanosft_config.json``
+(``write_training_config``), which the next run starting from the checkpoint reads.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ import trl
 from .. import __version__
 from ..errors import ConfigError, MissingPathError
 from ..files import write_json_atomic
+from ..optim.schedule import LR_KEYS, TRAINING_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +49,6 @@ _METRIC_RE = re.compile(r"^(eval_)?(val_bpb|bpb|loss)$|^(eval_)?chatcore((_metri
 # holding a Hugging Face token (``hf_`` + 30 or more letters/digits, https://huggingface.co/docs/hub/security-tokens).
 _SECRET_KEY_RE = re.compile(r"(token|secret|password|(^|_)key)$", re.IGNORECASE)
 _SECRET_VALUE_RE = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
-
-
-def staging_root(run_dir: str, step: int) -> str:
-    """``<run_dir>/tmp-checkpoint-<step>``: the Trainer writes ``<that>/checkpoint-<step>/`` inside it."""
-    return os.path.join(run_dir, f"{TMP_PREFIX}{step}")
-
-
-def checkpoint_dir(run_dir: str, step: int) -> str:
-    """``<run_dir>/checkpoint-<step>``: the Trainer's folder name (``PREFIX_CHECKPOINT_DIR``)."""
-    return os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{step}")
 
 
 def is_complete(folder: str) -> bool:
@@ -77,20 +66,15 @@ def latest_checkpoint(output_dir: str) -> str | None:
     ``tmp-checkpoint-*`` folders (a save that never finished) and incomplete folders are skipped,
     with a warning naming them.
     """
-    if not output_dir or not os.path.isdir(output_dir):
-        return None
     found, skipped = [], []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if not os.path.isdir(path):
-            continue
-        m = _CHECKPOINT_RE.match(name)
+    for name in checkpoint_folders(output_dir):
+        m, path = _CHECKPOINT_RE.match(name), os.path.join(output_dir, name)
         if m and is_complete(path):
             found.append((int(m.group(1)), path))
-        elif m or name.startswith(TMP_PREFIX):
+        else:
             skipped.append(name)
     if skipped:
-        logger.warning("resume: ignoring incomplete checkpoint folders in %s: %s", output_dir, sorted(skipped))
+        logger.warning("resume: ignoring incomplete checkpoint folders in %s: %s", output_dir, skipped)
     return max(found)[1] if found else None
 
 
@@ -169,9 +153,7 @@ def remove_checkpoints(output_dir: str, names: list[str]) -> None:
 
 def remove_stale_staging(run_dir: str) -> None:
     """Delete ``tmp-checkpoint-*`` folders left by a save that was killed (main process only)."""
-    if not os.path.isdir(run_dir):
-        return
-    for name in os.listdir(run_dir):
+    for name in checkpoint_folders(run_dir):
         if name.startswith(TMP_PREFIX):
             logger.warning("removing incomplete checkpoint %s (a save that never finished)", name)
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
@@ -189,9 +171,9 @@ def commit(written: str, final: str) -> None:
         aside = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}old-{os.path.basename(final)}")
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(final, aside)
-    _fsync_tree(written)
+    _fsync([os.path.join(root, n) for root, _, files in os.walk(written) for n in files])
     os.replace(written, final)
-    _fsync_dir(os.path.dirname(final))
+    _fsync([os.path.dirname(final)])
     parent = os.path.dirname(written)
     if os.path.basename(parent).startswith(TMP_PREFIX):
         shutil.rmtree(parent, ignore_errors=True)
@@ -199,31 +181,21 @@ def commit(written: str, final: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _fsync_tree(folder: str) -> None:
-    """Flush every file of ``folder`` so the rename never publishes data still in the page cache."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fsync(paths: list[str]) -> None:
+    """Flush each file (or folder entry) to disk, so a rename never publishes data still in the page cache; a
+    path that cannot be opened, or a folder that cannot be synced (some network filesystems), is skipped."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+        finally:
+            os.close(fd)
 
 
 def is_secret(key: str, value) -> bool:
@@ -308,11 +280,15 @@ def versions() -> dict:
             "trl": trl.__version__, "accelerate": accelerate.__version__, "python": sys.version.split()[0]}
 
 
-def write_record(folder: str, record: dict) -> str:
-    """Write ``record`` as ``<folder>/nanosft_state.json`` (``write_json_atomic``) and return its path."""
-    path = os.path.join(folder, RECORD_NAME)
-    write_json_atomic(path, record)
-    return path
+def write_training_config(folder: str, trainer) -> None:
+    """Write ``<folder>/nanosft_config.json`` atomically: the optimizer used ("muon" | "adamw") and why, its LR keys,
+    ``learning_rate`` (``optimizer: auto`` -> adamw) and the base model; a run starting from ``folder`` inherits
+    the LRs and, under ``optimizer: auto``, the optimizer (``nanosft.schedule``)."""
+    args = trainer.args
+    write_json_atomic(os.path.join(folder, TRAINING_CONFIG_NAME), {
+        "optimizer": args.optimizer, "optimizer_choice": getattr(trainer, "optimizer_choice", None),
+        **{k: getattr(args, k, None) for k in LR_KEYS}, "learning_rate": (args.optimizer_kwargs or {}).get("lr"),
+        "base_model": getattr(trainer, "base_model_path", None)})
 
 
 def read_json(path: str):

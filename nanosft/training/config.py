@@ -13,6 +13,9 @@ Defaults that differ from TRL's, and why:
 - ``packing_strategy``: "nanochat" (buffered best-fit, nanochat's rows) or "bfd" (nanosft's whole-dataset
   best-fit decreasing, nothing cropped), never TRL's own packing (TRL's "bfd" crops long conversations).
 - ``logging_steps``: 1; ``report_to``: none (offline-safe; set tensorboard/trackio/wandb).
+- ``max_length``: T, the tokens of one packed row (TRL: the length a sample is truncated to).
+- ``restore_callback_states_from_checkpoint``: on (the token counters are a stateful callback).
+- TRL options whose work nanosft replaces (``REPLACED_TRL_OPTIONS``): refused unless left at TRL's default.
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ from ..models.pretrained import resolve_local_path
 
 __all__ = ["ConfigError", "NanoSFTConfig", "build_config", "load_config", "parse_overrides", "read_config_dict",
            "validate_dict"]
+
+
+# Options nanosft's renderer, packer, collator and loss replace (trl 1.16): refused unless at TRL's default.
+REPLACED_TRL_OPTIONS = {
+    "packing": "nanosft always packs (packing_strategy: nanochat|bfd)",
+    "eval_packing": "nanosft packs eval_datasets like the training data",
+    "padding_free": "nanosft's collator packs rows with per-conversation position ids (attention: document|causal)",
+    "pad_to_multiple_of": "nanosft's rows are always max_length tokens",
+    "assistant_only_loss": "nanosft always trains on assistant tokens only (the nanochat chat format)",
+    "completion_only_loss": "nanosft always trains on assistant tokens only (the nanochat chat format)",
+    "loss_type": "nanosft's loss is the token cross-entropy on supervised tokens (NanoSFTTrainer.compute_loss)",
+    "label_smoothing_factor": "nanosft's loss is the token cross-entropy on supervised tokens, unsmoothed",
+    "use_liger_kernel": "nanosft computes logits only at supervised positions (NanoSFTTrainer.compute_loss)",
+    "dataset_text_field": "name the conversation column with datasets: [{messages_field: ...}]",
+    "truncation_mode": "overlong: truncate|split",
+    "shuffle_dataset": "the mixture is shuffled with mixture_seed",
+    "chat_template_path": "nanosft renders the nanochat chat format and saves its template",
+    "eos_token": "nanosft's EOS is <|assistant_end|>",
+    "pad_token": "packed rows are padded with <|bos|>",
+}
 
 
 @dataclass
@@ -107,7 +130,11 @@ class NanoSFTConfig(SFTConfig):
         metadata={"help": "Tokens per optimizer step; sets gradient_accumulation_steps = total / (B * T * world)."},
     )
     # --- optimizer and schedule (nanochat/scripts/chat_sft.py) ---
-    optimizer: str = field(default="muon", metadata={"help": "'muon' (Muon + AdamW) or 'adamw'."})
+    optimizer: str = field(
+        default="auto",
+        metadata={"help": "'muon' (Muon + AdamW), 'adamw', or 'auto': Muon for a Muon-pretrained base (nanochat, or "
+                  "a nanosft checkpoint recorded as Muon), else AdamW at learning_rate (nanosft.schedule)."},
+    )
     embedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of embed_tokens (None: inherit)."})
     unembedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of lm_head (None: inherit)."})
     matrix_lr: float | None = field(default=None, metadata={"help": "Muon LR of block matrices (None: inherit)."})
@@ -117,7 +144,7 @@ class NanoSFTConfig(SFTConfig):
     warmdown_ratio: float = field(default=0.5, metadata={"help": "Fraction of the run over which LR decays linearly."})
     final_lr_frac: float = field(default=0.0, metadata={"help": "LR at the end, as a fraction of the initial LR."})
     optimizer_kwargs: dict | None = field(
-        default=None, metadata={"help": "Extra kwargs for nanosft.optim.muon.build_optimizer (momentum, normuon, ...)."}
+        default=None, metadata={"help": "Extra kwargs for nanosft.optim.muon.build_optimizer (momentum, adam_eps, lr, ...)."}
     )
     load_optimizer: bool = field(
         default=True, metadata={"help": "Warm-start optimizer state (momentum) from the base checkpoint if present."}
@@ -155,18 +182,21 @@ class NanoSFTConfig(SFTConfig):
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
     max_length: int | None = field(default=2048, metadata={"help": "T: tokens per packed row (nanochat: 2048)."})
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "Resume restores stateful callbacks (nanosft's token counters)."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        if self.attention not in ("document", "causal"):
-            raise ConfigError(f"attention: must be 'document' or 'causal', got {self.attention!r}")
-        if self.packing_strategy not in ("nanochat", "bfd"):
-            raise ConfigError(f"packing_strategy: must be 'nanochat' or 'bfd', got {self.packing_strategy!r}")
-        if self.overlong not in ("truncate", "split"):
-            raise ConfigError(f"overlong: must be 'truncate' or 'split', got {self.overlong!r}")
-        if self.optimizer not in ("muon", "adamw"):
-            raise ConfigError(f"optimizer: must be 'muon' or 'adamw', got {self.optimizer!r}")
+        for key, allowed in (("attention", ("document", "causal")), ("packing_strategy", ("nanochat", "bfd")),
+                             ("overlong", ("truncate", "split")), ("optimizer", ("auto", "muon", "adamw"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {getattr(self, key)!r}")
+        trl_defaults = _fields(SFTConfig)
+        for key, instead in REPLACED_TRL_OPTIONS.items():
+            if getattr(self, key) != trl_defaults[key].default:
+                raise ConfigError(f"{key}: {instead}")
         if self.model_name_or_path is None and self.model_config is None:
             raise ConfigError("model_name_or_path: set it (Hub id or folder), or give model_config for a fresh model")
         if self.max_length is None or self.max_length < 8:
@@ -177,10 +207,8 @@ class NanoSFTConfig(SFTConfig):
         if self.total_batch_size:
             per_step = self.per_device_train_batch_size * self.max_length * self.world_size
             if self.total_batch_size % per_step:
-                raise ConfigError(
-                    f"total_batch_size: {self.total_batch_size} tokens is not a multiple of per_device_train_batch_size"
-                    f" * max_length * world_size = {per_step}"
-                )
+                raise ConfigError(f"total_batch_size: {self.total_batch_size} tokens is not a multiple of "
+                                  f"per_device_train_batch_size * max_length * world_size = {per_step}")
             self.gradient_accumulation_steps = self.total_batch_size // per_step
 
 

@@ -21,6 +21,7 @@ import os
 
 from ..eval.chatcore import chatcore_table
 from ..files import write_text_atomic
+from ..optim.schedule import LR_KEYS
 from .checkpoint import chatcore_results, latest_metrics, versions
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         header.append(f"base_model: {base}")
     header += ["tags:"] + [f"- {t}" for t in dict.fromkeys(all_tags)] + ["---", ""]
 
-    lrs = {k: getattr(args, k, None) for k in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")}
+    lrs = {k: getattr(args, k, None) for k in LR_KEYS}
     lr_text = ", ".join(f"{k} {v}" if v is not None else f"{k} inherited" for k, v in lrs.items())
     body = [f"# {name}", ""]
     if rl:
@@ -124,6 +125,7 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         "",
         f"- optimizer: {getattr(args, 'optimizer', 'muon')} ({lr_text}; init_lr_frac "
         f"{getattr(args, 'init_lr_frac', None)}), weight decay {args.weight_decay}",
+        *([f"- {trainer.optimizer_choice}"] if getattr(trainer, "optimizer_choice", None) else []),
         f"- schedule: warmup_ratio {getattr(args, 'warmup_ratio', 0)}, warmdown_ratio "
         f"{getattr(args, 'warmdown_ratio', None)}, final_lr_frac {getattr(args, 'final_lr_frac', None)}",
         f"- batch: {args.per_device_train_batch_size} rows x {args.gradient_accumulation_steps} accumulation x "

@@ -2,10 +2,8 @@
 
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed/muon_ddp_check.py
 
-Two set-ups, 3 steps each, every rank on its own half of the batch:
-  ddp     - model wrapped in torch DDP (gradients all-reduced by DDP, as under accelerate);
-  nanochat - no wrapper, the optimizer averages gradients itself (reduce_grads=True).
-In both, each rank orthogonalizes its share of the matrices and all-gathers. Every rank
+3 steps, every rank on its own half of the batch, the model wrapped in torch DDP (gradients all-reduced
+by DDP, as under accelerate). Each rank orthogonalizes its share of the matrices and all-gathers. Every rank
 compares its parameters with a single-process run on the whole batch: max |diff| < 1e-5.
 Prints MUON_DDP_OK on rank 0 when everything holds.
 """
@@ -39,8 +37,8 @@ def run(mode: str, rank: int, world: int) -> float:
     ref = make_model()
     ref_opt = build_optimizer(ref, shard_orthogonalization=False, momentum_warmup_steps=2)
     model = make_model()
-    net = DDP(model) if mode == "ddp" else model
-    opt = build_optimizer(model, reduce_grads=(mode == "nanochat"), momentum_warmup_steps=2)
+    net = DDP(model)
+    opt = build_optimizer(model, momentum_warmup_steps=2)
     worst = 0.0
     for x in data:
         ref(input_ids=x, labels=x).loss.backward()  # whole batch, one process
@@ -63,7 +61,7 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, "run with --nproc_per_node 2"
     ok = True
-    for mode in ("ddp", "nanochat"):
+    for mode in ("ddp",):
         worst = run(mode, rank, world)
         print(f"rank {rank} {mode}: max |param diff| vs 1 process after {STEPS} steps = {worst:.2e}", flush=True)
         ok &= worst < TOL
