@@ -23,8 +23,7 @@ import sys
 import time
 
 from .errors import run_cli
-from .eval.__main__ import format_table
-from .eval.chatcore import run_chatcore
+from .eval.chatcore import format_table, run_chatcore
 from .files import write_json_atomic
 from .models.pretrained import check_model_source, load_model, load_tokenizer
 from .training.config import load_config

@@ -24,7 +24,7 @@ from .errors import run_cli
 from .eval.rewards import load_rl_problems, resolve_reward
 from .files import write_json_atomic
 from .models.pretrained import load_model, load_tokenizer
-from .train import cpu_launch_fix, early_checks, train_and_save
+from .recipe import cpu_launch_fix, early_checks, train_and_save
 from .training.checkpoint import redact, redact_overrides, remove_checkpoints, versions
 from .training.config import ConfigError, build_config, config_arg_parser, read_config_dict
 from .training.hub import hide_token

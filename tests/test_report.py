@@ -98,7 +98,7 @@ def test_chatcore_table_uses_the_config_caps_when_no_counts_are_known():
 
 
 def test_eval_card_and_report_tables_show_the_same_rows():
-    from nanosft.eval import format_table
+    from nanosft.eval.chatcore import format_table
     from nanosft.eval.chatcore import chatcore_from_results
 
     results = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 40, "total": 100, "kind": "categorical",

@@ -332,21 +332,22 @@ def test_a_non_distributed_multi_process_launch_is_refused_with_the_fixing_flag(
     2-process launch is refused, naming ``--cpu`` / ``use_cpu``."""
     from types import SimpleNamespace
 
+    from nanosft import recipe
     from nanosft.training.config import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"2 processes were launched but the Trainer runs 1 .*`--cpu`.*use_cpu"):
-        train.check_distributed(SimpleNamespace(world_size=1, device="cuda:0"))
-    train.check_distributed(SimpleNamespace(world_size=2, device="cpu"))  # distributed: accepted
+        recipe.check_distributed(SimpleNamespace(world_size=1, device="cuda:0"))
+    recipe.check_distributed(SimpleNamespace(world_size=2, device="cpu"))  # distributed: accepted
     monkeypatch.setattr("torch.accelerator.is_available", lambda: True)
-    assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})  # an accelerator exists: no silent change
+    assert "use_cpu" not in recipe.cpu_launch_fix({"max_steps": 1})  # an accelerator exists: no silent change
     monkeypatch.setattr("torch.accelerator.is_available", lambda: False)
-    assert train.cpu_launch_fix({"max_steps": 1})["use_cpu"] is True
+    assert recipe.cpu_launch_fix({"max_steps": 1})["use_cpu"] is True
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})
+    assert "use_cpu" not in recipe.cpu_launch_fix({"max_steps": 1})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # use_cpu would turn DeepSpeed off
-    assert "use_cpu" not in train.cpu_launch_fix({"max_steps": 1})
+    assert "use_cpu" not in recipe.cpu_launch_fix({"max_steps": 1})
 
 
 def test_summary_line_names_the_chatcore_of_its_task_set():

@@ -24,18 +24,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..errors import ConfigError, run_cli, use_cli_options
 from ..files import write_json_atomic
 from ..models.pretrained import check_model_source, resolve_local_path
-from .chatcore import (DEFAULT_TASK_SET, TASKS, TASK_SETS, chatcore_from_results, chatcore_table, require_sandbox,
-                       run_chatcore)
+from .chatcore import DEFAULT_TASK_SET, TASKS, TASK_SETS, format_table, require_sandbox, run_chatcore
 from .sandbox import WeakSandboxError
 
 # How this CLI's messages name the settings (nanosft/errors.py ``option``): its flags, not config keys.
 CLI_OPTIONS = {"data_dir": "--data-dir"}
-
-
-def format_table(results: dict) -> str:
-    """``run_chatcore`` results as a fixed-width table (``chatcore_table``, layout "text"): task,
-    kind, correct/total, accuracy, centered score; then the ChatCORE rows, or a "partial" line."""
-    return "\n".join(chatcore_table({}, chatcore_from_results(results), layout="text"))
 
 
 def parse_args(argv=None):

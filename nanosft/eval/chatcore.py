@@ -608,3 +608,9 @@ def chatcore_table(before: dict, after: dict, config: dict | None = None, layout
         partial = f"{len(tasks)} of the {len(members)} tasks of set {task_set}" if members else "task set not recorded"
         lines.append(partial_row.format(partial=partial))
     return lines
+
+
+def format_table(results: dict) -> str:
+    """``run_chatcore`` results as a fixed-width table (``chatcore_table``, layout "text"): task,
+    kind, correct/total, accuracy, centered score; then the ChatCORE rows, or a "partial" line."""
+    return "\n".join(chatcore_table({}, chatcore_from_results(results), layout="text"))
