@@ -35,5 +35,5 @@ def test_gsm8k_problems_carry_the_final_answer(data_dir):
 
 def test_gpteacher_subsets_are_local_only():
     """The Hub copy is another GPTeacher module: reading it would ignore `subset`, so it is refused."""
-    with pytest.raises(DataSourceError, match="data_dir"):
+    with pytest.raises(DataSourceError, match=r"data.dir"):  # data_dir, or --data-dir after an eval CLI test
         gpteacher.load_conversations("train", None, subset="roleplay")
