@@ -2,7 +2,7 @@
 
 Reads the JSON files ``nanosft.eval`` / ``nanosft.baseline`` wrote for each arm (``<evals>/<arm>-arc.json``,
 ``-mmlu.json``, ``-gen.json``: the same problems for every arm) and each run's final validation bits per byte
-(``<run>/trainer_state.json``), and prints a markdown table:
+(``<run>/metrics.json``), and prints a markdown table:
 
 - per task: accuracy, and for a fine-tuned arm its change against the base with +- one binomial standard error
   of the difference, sqrt(p1 (1 - p1) / n1 + p0 (1 - p0) / n0) (two independent binomial proportions; the
@@ -44,8 +44,8 @@ def load_arm(evals: str, arm: str) -> dict[str, dict]:
 
 
 def final_val_bpb(run_dir: str | None) -> float | None:
-    """The last validation bits per byte (a key ending in ``bpb``) in ``<run_dir>/trainer_state.json``, or None."""
-    path = run_dir and os.path.join(run_dir, "trainer_state.json")
+    """The last validation bits per byte (a key ending in ``bpb``) in ``<run_dir>/metrics.json``, or None."""
+    path = run_dir and os.path.join(run_dir, "metrics.json")
     if not path or not os.path.exists(path):
         return None
     with open(path) as f:

@@ -69,10 +69,11 @@ def test_skip_invalid_still_fails_when_nothing_is_left(tmp_path):
         load_mixture([DatasetSpec.from_dict({"name": "jsonl", "path": path})], data_dir=None, skip_invalid=True)
 
 
-def test_skip_invalid_is_off_by_default():
-    import inspect
-
-    assert inspect.signature(load_mixture).parameters["skip_invalid"].default is False
+def test_skip_invalid_is_off_by_default(tmp_path):
+    """Called without ``skip_invalid``, one bad row among good ones fails the whole mixture."""
+    path = write_jsonl(tmp_path / "one_bad.jsonl", [GOOD, GOOD, BAD_ROWS["no assistant"][0]])
+    with pytest.raises(DataValidationError, match="skip_invalid"):
+        load_mixture([DatasetSpec.from_dict({"name": "jsonl", "path": path})], data_dir=None)
 
 
 def test_real_mixture_renders_with_per_source_stats(nanochat_tokenizer, data_dir):
@@ -89,7 +90,7 @@ def test_real_mixture_renders_with_per_source_stats(nanochat_tokenizer, data_dir
     assert stats["gsm8k[train]"]["conversations"] == 80
     for s in stats.values():
         assert 0.2 < s["supervised_ratio"] < 0.95
-        assert s["max_len"] <= 257 and s["truncated"] >= 0
+        assert s["max_len"] <= 257
     assert stats["identity[train]"]["truncated"] > 0  # identity chats run past 257 tokens
     assert sum(s["truncated"] for s in stats.values()) == renderer.stats.truncated
 
