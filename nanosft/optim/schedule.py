@@ -112,7 +112,10 @@ def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str,
                            _raise_exceptions_for_connection_errors=False)
     except (OSError, ValueError):
         path = None
-    model_type = json.load(open(path, encoding="utf-8")).get("model_type") if path else None
+    model_type = None
+    if path:
+        with open(path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
     if model_type in MUON_MODEL_TYPES:
         return "muon", f"nanochat checkpoint (model_type {model_type})"
     if source.endswith(TRAINING_CONFIG_NAME) and record.get("optimizer") in ("muon", "adamw"):
