@@ -111,6 +111,8 @@ def main():
         sys.exit(1)
     if rank == 0:
         print("MUON_DS_OK", flush=True)
+    dist.barrier()
+    dist.destroy_process_group()  # a clean teardown: a rank exiting with the group alive can abort (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def main():
         sys.exit(1)
     if rank == 0:
         print("NANOCHAT_GPT_DS_OK", flush=True)
+    dist.barrier()
+    dist.destroy_process_group()  # a clean teardown: a rank exiting with the group alive can abort (SIGABRT)
 
 
 if __name__ == "__main__":
