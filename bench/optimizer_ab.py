@@ -1,14 +1,16 @@
 """The optimizer A/B table on a real model: ChatCORE per task before/after, val bpb, and the noise of each change.
 
 Reads the JSON files ``nanosft.eval`` / ``nanosft.baseline`` wrote for each arm (``<evals>/<arm>-arc.json``,
-``-mmlu.json``, ``-gen.json``: the same problems for every arm) and each run's final validation bits per byte
+``-mmlu.json``, ``-gen.json``, ``-he.json``: the same problems for every arm; a part may be missing) and each run's final validation bits per byte
 (``<run>/metrics.json``), and prints a markdown table:
 
 - per task: accuracy, and for a fine-tuned arm its change against the base with +- one binomial standard error
   of the difference, sqrt(p1 (1 - p1) / n1 + p0 (1 - p0) / n0) (two independent binomial proportions; the
   problems are the same, so this overstates the noise of a paired comparison slightly);
-- ChatCORE over the tasks present: the mean centered score (acc - chance) / (1 - chance) of
-  nanochat/scripts/chat_eval.py, here over ARC-Easy, ARC-Challenge, MMLU, GSM8K, SpellingBee, HumanEval.
+- ChatCORE over the tasks the base has: the mean centered score (acc - chance) / (1 - chance) of
+  nanochat/scripts/chat_eval.py (all six: ARC-Easy, ARC-Challenge, MMLU, GSM8K, SpellingBee, HumanEval);
+- then the same changes and noise between the fine-tuned arms, against the first one (``--reference``): the
+  optimizer A/B itself.
 
 Usage (the commands that produce the inputs are in README.md, "A real pretrained model on CPU"):
 
@@ -29,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanosft.eval.chatcore import centered_score  # noqa: E402
 
 TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "SpellingBee", "HumanEval")
-PARTS = ("arc", "mmlu", "gen")
+PARTS = ("arc", "mmlu", "gen", "he")
 
 
 def load_arm(evals: str, arm: str) -> dict[str, dict]:
@@ -59,24 +61,21 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--evals", required=True, help="folder of <arm>-{arc,mmlu,gen}.json")
-    p.add_argument("arms", nargs="+", help="'base' first, then name=run_dir for each fine-tuned arm")
-    args = p.parse_args(argv)
-    arms = [(a.split("=", 1) + [None])[:2] for a in args.arms]
-    base = load_arm(args.evals, arms[0][0])
-    header = ["arm", "val bpb"] + [f"{t} (n)" for t in TASKS if t in base] + ["ChatCORE"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+def table(arms: list[tuple[str, str | None]], evals: str, reference: str) -> list[str]:
+    """Markdown rows: each arm's accuracy per task, and for every arm but ``reference`` its change against
+    ``reference`` +- one binomial standard error of the difference; columns are the tasks ``reference`` has."""
+    ref = load_arm(evals, reference)
+    tasks_shown = [t for t in TASKS if t in ref]
+    if not tasks_shown:
+        raise SystemExit(f"{evals}: no {reference}-{{{','.join(PARTS)}}}.json with results")
+    header = ["arm", "val bpb"] + [f"{t} (n)" for t in tasks_shown] + [f"ChatCORE ({len(tasks_shown)} tasks)"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, run_dir in arms:
-        tasks = load_arm(args.evals, name)
+        tasks = load_arm(evals, name)
         bpb = final_val_bpb(run_dir)
         cells = [name, f"{bpb:.4f}" if bpb is not None else "-"]
         centered = []
-        for t in TASKS:
-            if t not in base:
-                continue
+        for t in tasks_shown:
             r = tasks.get(t)
             if r is None:
                 cells.append("-")
@@ -84,13 +83,30 @@ def main(argv=None) -> None:
             acc, n = r["accuracy"], r["total"]
             centered.append(centered_score(t, acc))
             cell = f"{acc:.3f} ({n})"
-            if name != arms[0][0]:
-                b = base[t]
+            if name != reference:
+                b = ref[t]
                 se = math.hypot(binomial_se(acc, n), binomial_se(b["accuracy"], b["total"]))
                 cell += f" {acc - b['accuracy']:+.3f}+-{se:.3f}"
             cells.append(cell)
-        cells.append(f"{sum(centered) / len(centered):.4f}" if len(centered) == len(header) - 3 else "-")
-        print("| " + " | ".join(cells) + " |")
+        cells.append(f"{sum(centered) / len(centered):.4f}" if len(centered) == len(tasks_shown) else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--evals", required=True, help="folder of <arm>-{arc,mmlu,gen,he}.json")
+    p.add_argument("--reference", help="fine-tuned arm the others are compared with (default: the first one)")
+    p.add_argument("arms", nargs="+", help="'base' first, then name=run_dir for each fine-tuned arm")
+    args = p.parse_args(argv)
+    arms = [tuple((a.split("=", 1) + [None])[:2]) for a in args.arms]
+    print("Changes against the base model:\n")
+    print("\n".join(table(arms, args.evals, arms[0][0])))
+    tuned = arms[1:]
+    if len(tuned) > 1:
+        reference = args.reference or tuned[0][0]
+        print(f"\nChanges against {reference}:\n")
+        print("\n".join(table(tuned, args.evals, reference)))
 
 
 if __name__ == "__main__":

@@ -163,6 +163,24 @@ def test_records_redact_tokens():
         {"hub_token": "<redacted>", "max_length": 3, "pad_token": None}
 
 
+def test_training_record_lists_only_the_lrs_the_optimizer_used(tmp_path):
+    """auto -> adamw trains every group at learning_rate: the record gives it and nulls the four group LRs, so a
+    later run does not inherit group LRs that were never used."""
+    from types import SimpleNamespace
+
+    lrs = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
+    hf_adamw = SimpleNamespace(optimizer="adamw", optimizer_kwargs={"lr": 3e-5, "adam_eps": 1e-8}, **lrs)
+    trainer = SimpleNamespace(args=hf_adamw, optimizer_choice="auto", base_model_path="b")
+    ckpt.write_training_config(str(tmp_path), trainer)
+    record = json.loads((tmp_path / "nanosft_config.json").read_text())
+    assert record == {"optimizer": "adamw", "optimizer_choice": "auto", "embedding_lr": None, "unembedding_lr": None,
+                      "matrix_lr": None, "scalar_lr": None, "learning_rate": 3e-5, "base_model": "b"}
+    grouped = SimpleNamespace(optimizer="muon", optimizer_kwargs=None, **lrs)
+    ckpt.write_training_config(str(tmp_path), SimpleNamespace(args=grouped, base_model_path="b"))
+    record = json.loads((tmp_path / "nanosft_config.json").read_text())
+    assert {k: record[k] for k in lrs} == lrs and record["learning_rate"] is None
+
+
 def test_a_nanosft_checkpoint_passes_on_its_optimizer_and_lrs(tmp_path, data_dir):
     """Run 1 fine-tunes a plain Llama with Muon at chosen LRs; run 2 starts from run 1's output with
     ``optimizer: auto`` and no LRs: its nanosft_config.json makes it Muon at run 1's LRs."""

@@ -90,7 +90,7 @@ def test_auto_is_adamw_for_a_plain_hf_model_and_muon_for_nanochat_or_a_muon_reco
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from nanosft.training.config import NanoSFTConfig
-    from nanosft.optim.schedule import choose_optimizer, pretraining_optimizer
+    from nanosft.optim.schedule import choose_optimizer, pretraining_optimizer, used_learning_rates
 
     llama = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -101,9 +101,13 @@ def test_auto_is_adamw_for_a_plain_hf_model_and_muon_for_nanochat_or_a_muon_reco
     assert choose_optimizer(cfg) == "optimizer auto -> adamw: base model has no Muon pretraining record"
     assert cfg.optimizer == "adamw"  # Hugging Face's fine-tuning AdamW: one LR, TrainingArguments' betas and eps
     assert cfg.optimizer_kwargs == {"lr": 3e-5, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8}
+    assert used_learning_rates(cfg) == {"learning_rate": 3e-5}  # what records and the card show
     explicit = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), optimizer="muon",
                              report_to="none")
     assert choose_optimizer(explicit) == "optimizer muon: set in the config" and explicit.optimizer == "muon"
+    explicit.matrix_lr = 0.01
+    assert used_learning_rates(explicit) == {"embedding_lr": None, "unembedding_lr": None, "matrix_lr": 0.01,
+                                             "scalar_lr": None}
     (llama / "nanosft_config.json").write_text(json.dumps({"optimizer": "muon"}))
     assert pretraining_optimizer(str(llama)) == ("muon", "the base model's nanosft_config.json records muon")
     tiny_nanochat().save_pretrained(tmp_path / "nanochat")  # transformers' NanoChat: nanochat's Oct-2025 GPT

@@ -139,6 +139,17 @@ def choose_optimizer(cfg) -> str:
     return f"optimizer auto -> {cfg.optimizer}: {reason}"
 
 
+def used_learning_rates(args) -> dict:
+    """The learning rates the optimizer trains with, for records and model cards: ``{"learning_rate": lr}`` when
+    ``optimizer: auto`` resolved to Hugging Face AdamW (``choose_optimizer`` puts one ``lr`` for every group in
+    ``optimizer_kwargs``), else nanochat's four group LRs ``{"embedding_lr", "unembedding_lr", "matrix_lr",
+    "scalar_lr"}`` (None where not resolved yet)."""
+    lr = (getattr(args, "optimizer_kwargs", None) or {}).get("lr")
+    if lr is not None:
+        return {"learning_rate": lr}
+    return {k: getattr(args, k, None) for k in LR_KEYS}
+
+
 def _find_lrs(config: dict) -> dict:
     """LR keys at the top level or one level down (nanochat meta: ``user_config``)."""
     found = {k: config[k] for k in LR_KEYS if config.get(k) is not None}

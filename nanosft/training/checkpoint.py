@@ -35,7 +35,7 @@ import trl
 from .. import __version__
 from ..errors import ConfigError, MissingPathError
 from ..files import write_json_atomic
-from ..optim.schedule import LR_KEYS, TRAINING_CONFIG_NAME
+from ..optim.schedule import LR_KEYS, TRAINING_CONFIG_NAME, used_learning_rates
 
 logger = logging.getLogger(__name__)
 
@@ -281,13 +281,14 @@ def versions() -> dict:
 
 
 def write_training_config(folder: str, trainer) -> None:
-    """Write ``<folder>/nanosft_config.json`` atomically: the optimizer used ("muon" | "adamw") and why, its LR keys,
-    ``learning_rate`` (``optimizer: auto`` -> adamw) and the base model; a run starting from ``folder`` inherits
-    the LRs and, under ``optimizer: auto``, the optimizer (``nanosft.schedule``)."""
+    """Write ``<folder>/nanosft_config.json`` atomically: the optimizer used ("muon" | "adamw") and why, the LRs it
+    used (``used_learning_rates``: nanochat's four group LRs, or one ``learning_rate`` after ``optimizer: auto`` ->
+    adamw; the others are null) and the base model; a run starting from ``folder`` inherits the group LRs and,
+    under ``optimizer: auto``, the optimizer (``nanosft.schedule``)."""
     args = trainer.args
     write_json_atomic(os.path.join(folder, TRAINING_CONFIG_NAME), {
         "optimizer": args.optimizer, "optimizer_choice": getattr(trainer, "optimizer_choice", None),
-        **{k: getattr(args, k, None) for k in LR_KEYS}, "learning_rate": (args.optimizer_kwargs or {}).get("lr"),
+        **dict.fromkeys((*LR_KEYS, "learning_rate")), **used_learning_rates(args),
         "base_model": getattr(trainer, "base_model_path", None)})
 
 

@@ -21,7 +21,7 @@ import os
 
 from ..eval.chatcore import chatcore_table
 from ..files import write_text_atomic
-from ..optim.schedule import LR_KEYS
+from ..optim.schedule import used_learning_rates
 from .checkpoint import chatcore_results, latest_metrics, versions
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,10 @@ def build_model_card(trainer, model_name: str | None = None, tags: list | None =
         header.append(f"base_model: {base}")
     header += ["tags:"] + [f"- {t}" for t in dict.fromkeys(all_tags)] + ["---", ""]
 
-    lrs = {k: getattr(args, k, None) for k in LR_KEYS}
+    lrs = used_learning_rates(args)
     lr_text = ", ".join(f"{k} {v}" if v is not None else f"{k} inherited" for k, v in lrs.items())
+    if "learning_rate" in lrs:
+        lr_text += " for every parameter group"
     body = [f"# {name}", ""]
     if rl:
         body += [
