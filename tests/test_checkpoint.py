@@ -164,8 +164,8 @@ def test_records_redact_tokens():
 
 
 def test_training_record_lists_only_the_lrs_the_optimizer_used(tmp_path):
-    """auto -> adamw trains every group at learning_rate: the record gives it and nulls the four group LRs, so a
-    later run does not inherit group LRs that were never used."""
+    """Hugging Face one-LR AdamW (`optimizer_kwargs: {lr: ...}`) trains every group at lr: the record gives it as
+    `learning_rate` and nulls the four group LRs, so a later run does not inherit group LRs that were never used."""
     from types import SimpleNamespace
 
     lrs = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
@@ -189,11 +189,14 @@ def test_a_nanosft_checkpoint_passes_on_its_optimizer_and_lrs(tmp_path, data_dir
     base = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(vocab_size=65536, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=4)).save_pretrained(base)
-    lrs = {"embedding_lr": 0.01, "unembedding_lr": 0.003, "matrix_lr": 0.011, "scalar_lr": 0.001}
+    lrs = {"embedding_lr": 0.01, "unembedding_lr": 0.003, "matrix_lr": 0.011}
     first, second = tmp_path / "first", tmp_path / "second"
     proc = run(TRAIN + tiny_overrides(data_dir, str(first), max_steps=2, save_steps=2, model_config="null",
                                       model_name_or_path=str(base), optimizer="muon", **lrs))
     assert "optimizer muon: set in the config" in proc.stdout
+    # scalar_lr not set and the Llama has no LR record: the pretrained-model default, not nanochat's 0.5
+    assert "scalar_lr = 0.0001 (default for a base not pretrained with Muon)" in proc.stderr
+    lrs["scalar_lr"] = 1e-4
     for folder in (first, first / "checkpoint-2"):
         record = json.loads((folder / "nanosft_config.json").read_text())
         assert record["optimizer"] == "muon" and record["base_model"] == str(base)

@@ -86,7 +86,7 @@ def test_lrs_from_nanosft_config_and_defaults(tmp_path):
     assert resolve_learning_rates({"matrix_lr": 0.05})["matrix_lr"] == 0.05
 
 
-def test_auto_is_adamw_for_a_plain_hf_model_and_muon_for_nanochat_or_a_muon_record(tmp_path):
+def test_auto_is_muon_with_its_reason_and_pretrained_lrs_for_a_plain_hf_model(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from nanosft.training.config import NanoSFTConfig
@@ -95,13 +95,20 @@ def test_auto_is_adamw_for_a_plain_hf_model_and_muon_for_nanochat_or_a_muon_reco
     llama = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=4)).save_pretrained(llama)
-    cfg = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), learning_rate=3e-5,
-                        report_to="none")
+    cfg = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), report_to="none")
     assert cfg.optimizer == "auto"
-    assert choose_optimizer(cfg) == "optimizer auto -> adamw: base model has no Muon pretraining record"
-    assert cfg.optimizer == "adamw"  # Hugging Face's fine-tuning AdamW: one LR, TrainingArguments' betas and eps
-    assert cfg.optimizer_kwargs == {"lr": 3e-5, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8}
-    assert used_learning_rates(cfg) == {"learning_rate": 3e-5}  # what records and the card show
+    assert pretraining_optimizer(str(llama)) == ("adamw", "base model has no Muon pretraining record")
+    # the SmolLM2 A/B kept Muon for AdamW-pretrained models too; the line says so and where the evidence is
+    assert choose_optimizer(cfg) == ("optimizer auto -> muon: base model has no Muon pretraining record; Muon still "
+                                     "beat AdamW fine-tuning the AdamW-pretrained SmolLM2-135M (SpellingBee 0.80 vs "
+                                     "0.63, bench/results/optimizer_ab.txt)")
+    assert cfg.optimizer == "muon" and cfg.optimizer_kwargs is None
+    # ... at the fine-tuning LRs of a pretrained model, not nanochat's from-scratch ones
+    assert resolve_learning_rates(str(llama), muon_pretrained=False) == {
+        "embedding_lr": 0.002, "unembedding_lr": 0.002, "matrix_lr": 0.005, "scalar_lr": 1e-4}
+    hf_adamw = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), optimizer="adamw",
+                             optimizer_kwargs={"lr": 3e-5}, report_to="none")
+    assert used_learning_rates(hf_adamw) == {"learning_rate": 3e-5}  # what records and the card show
     explicit = NanoSFTConfig(output_dir=str(tmp_path / "out"), model_name_or_path=str(llama), optimizer="muon",
                              report_to="none")
     assert choose_optimizer(explicit) == "optimizer muon: set in the config" and explicit.optimizer == "muon"

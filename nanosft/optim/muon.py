@@ -65,6 +65,11 @@ REFERENCE_D_MODEL = 768
 # 0.008 in some newer runs; nanosft.schedule inherits a base checkpoint's own values).
 LR_KEYS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
 NANOCHAT_DEFAULT_LRS = {"embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5}
+# Defaults for a base that was not pretrained with Muon and records no LRs (any HF model): nanochat's values above
+# are for training from scratch and would wreck pretrained weights. These are configs/smollm2-135m.yaml's, the Muon
+# arm of the optimizer A/B on SmolLM2-135M (bench/results/optimizer_ab.txt): a Muon step moves each matrix by ~1e-4
+# RMS; the embedding LR lets the appended nanochat special-token rows learn in ~50 steps; scalar_lr suits norm gains.
+PRETRAINED_FINETUNE_LRS = {"embedding_lr": 0.002, "unembedding_lr": 0.002, "matrix_lr": 0.005, "scalar_lr": 1e-4}
 
 
 # -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The SFT learning-rate recipe of nanochat (scripts/chat_sft.py): which LRs, and how they move.
 
 - Which: the embedding / unembedding / matrix / scalar LRs are inherited from the base
-  checkpoint's training config when it has one, else nanochat's defaults (0.3, 0.004, 0.02, 0.5);
-  a value set in the SFT config overrides either. Each choice is logged, so a run says where
+  checkpoint's training config when it has one, else defaults: nanochat's (0.3, 0.004, 0.02, 0.5) for a
+  Muon-pretrained base, the SmolLM2 recipe's (0.002, 0.002, 0.005, 1e-4) for any other pretrained model;
+  a value set in the SFT config overrides all of these. Each choice is logged, so a run says where
   every LR came from.
 - How: every LR starts at ``init_lr_frac`` (0.8) of that value - applied once by
   ``nanosft.optim.muon.build_optimizer`` - then follows one multiplier for all groups: linear warmup
@@ -29,7 +30,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.utils import cached_file
 
-from .muon import LR_KEYS, NANOCHAT_DEFAULT_LRS
+from .muon import LR_KEYS, NANOCHAT_DEFAULT_LRS, PRETRAINED_FINETUNE_LRS
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +99,11 @@ TRAINING_CONFIG_NAME = "nanosft_config.json"  # written by NanoSFTTrainer beside
 
 
 def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str, str]:
-    """(``"muon"`` | ``"adamw"``, reason) for ``optimizer: auto``. Muon for a base known to be Muon-pretrained: a
-    fresh NanoChat (``fresh``); a nanochat checkpoint, raw or converted (``meta_<step>.json``) or by ``model_type``;
-    a nanosft checkpoint whose ``nanosft_config.json`` says "muon". AdamW otherwise: switching optimizer between
-    pretraining and full fine-tuning hurts (arXiv:2605.10468)."""
+    """(``"muon"`` | ``"adamw"``, reason): the optimizer the base was trained with, as far as its files tell.
+    "muon" for a fresh NanoChat (``fresh``); a nanochat checkpoint, raw or converted (``meta_<step>.json``) or by
+    ``model_type``; a nanosft checkpoint whose ``nanosft_config.json`` says "muon". "adamw" otherwise (every HF
+    model). Used for the reason ``choose_optimizer`` prints and for which default LRs apply
+    (``resolve_learning_rates``)."""
     if fresh:
         return "muon", "fresh NanoChat model (model_config), trained from scratch as nanochat does"
     record, source = _base_training_config(model_name_or_path)
@@ -123,26 +125,32 @@ def pretraining_optimizer(model_name_or_path, fresh: bool = False) -> tuple[str,
     return "adamw", "base model has no Muon pretraining record"
 
 
-def choose_optimizer(cfg) -> str:
-    """Resolve ``cfg.optimizer == "auto"`` in place (``pretraining_optimizer``) and return the line saying why,
-    e.g. "optimizer auto -> adamw: base model has no Muon pretraining record" or "optimizer muon: set in the config".
+AB_EVIDENCE = ("Muon still beat AdamW fine-tuning the AdamW-pretrained SmolLM2-135M "
+               "(SpellingBee 0.80 vs 0.63, bench/results/optimizer_ab.txt)")
 
-    auto -> adamw is Hugging Face's fine-tuning AdamW: one LR (``learning_rate``) for every group, betas
-    (``adam_beta1``, ``adam_beta2``), eps ``adam_epsilon``; set in ``cfg.optimizer_kwargs`` (whose entries win).
+
+def choose_optimizer(cfg) -> str:
+    """Resolve ``cfg.optimizer == "auto"`` in place and return the line saying why, e.g. "optimizer auto -> muon:
+    nanochat checkpoint (meta_000650.json)" or "optimizer muon: set in the config".
+
+    auto is Muon for every base. For a Muon-pretrained one (``pretraining_optimizer``) that is nanochat's recipe.
+    For an AdamW-pretrained one, switching optimizer between pretraining and fine-tuning is reported to hurt
+    (Qu, Huang, Horvath, arXiv:2605.10468), but nanosft's A/B on SmolLM2-135M found otherwise
+    (bench/results/optimizer_ab.txt: same data, steps and seed; Muon 0.80 on SpellingBee against 0.63 for AdamW
+    at its best LR by val bpb, 0.62 for LoRA, 0.39 for one-LR Hugging Face AdamW; the other tasks and val bpb
+    within noise or slightly favouring AdamW), so Muon stays, with ``PRETRAINED_FINETUNE_LRS``
+    (``resolve_learning_rates``). ``optimizer: adamw`` remains the override.
     """
     if cfg.optimizer != "auto":
         return f"optimizer {cfg.optimizer}: set in the config"
-    cfg.optimizer, reason = pretraining_optimizer(cfg.model_name_or_path, fresh=cfg.model_config is not None)
-    if cfg.optimizer == "adamw":
-        cfg.optimizer_kwargs = {"lr": cfg.learning_rate, "adam_betas": (cfg.adam_beta1, cfg.adam_beta2),
-                                "adam_eps": cfg.adam_epsilon, **(cfg.optimizer_kwargs or {})}
-    return f"optimizer auto -> {cfg.optimizer}: {reason}"
+    pretrained, reason = pretraining_optimizer(cfg.model_name_or_path, fresh=cfg.model_config is not None)
+    cfg.optimizer = "muon"
+    return f"optimizer auto -> muon: {reason}" + (f"; {AB_EVIDENCE}" if pretrained != "muon" else "")
 
 
 def used_learning_rates(args) -> dict:
-    """The learning rates the optimizer trains with, for records and model cards: ``{"learning_rate": lr}`` when
-    ``optimizer: auto`` resolved to Hugging Face AdamW (``choose_optimizer`` puts one ``lr`` for every group in
-    ``optimizer_kwargs``), else nanochat's four group LRs ``{"embedding_lr", "unembedding_lr", "matrix_lr",
+    """The learning rates the optimizer trains with, for records and model cards: ``{"learning_rate": lr}`` for
+    Hugging Face's one-LR AdamW (``optimizer: adamw`` with ``optimizer_kwargs: {lr: ...}``), else nanochat's four group LRs ``{"embedding_lr", "unembedding_lr", "matrix_lr",
     "scalar_lr"}`` (None where not resolved yet)."""
     lr = (getattr(args, "optimizer_kwargs", None) or {}).get("lr")
     if lr is not None:
@@ -159,14 +167,16 @@ def _find_lrs(config: dict) -> dict:
     return found
 
 
-def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = None) -> dict:
-    """Embedding/unembedding/matrix/scalar LRs for SFT: override > base checkpoint > nanochat default.
+def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = None,
+                           muon_pretrained: bool = True) -> dict:
+    """Embedding/unembedding/matrix/scalar LRs for SFT: override > base checkpoint > default.
 
     Looks for the base checkpoint's training config in, in order: a dict passed directly;
     ``<folder>/nanosft_config.json`` (``nanosft.checkpoint.write_training_config``); nanochat's
     ``<folder>/meta_<step>.json`` of the latest step (LR keys under ``user_config``, as scripts/base_train.py
-    saves its arguments). ``overrides`` entries that are None mean "not set". Logs one line per LR:
-    inherited, overridden, or nanochat default.
+    saves its arguments). ``overrides`` entries that are None mean "not set". The default is nanochat's
+    (``NANOCHAT_DEFAULT_LRS``) for a Muon-pretrained base (``muon_pretrained``), else the fine-tuning LRs of a
+    pretrained model (``PRETRAINED_FINETUNE_LRS``). Logs one line per LR: inherited, overridden, or default.
 
     Returns:
         {"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"} -> float.
@@ -174,9 +184,11 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
     config, source = _base_training_config(base_model_path_or_config)
     inherited = _find_lrs(config)
     overrides = {k: v for k, v in (overrides or {}).items() if k in LR_KEYS and v is not None}
+    defaults, default_name = ((NANOCHAT_DEFAULT_LRS, "nanochat default") if muon_pretrained else
+                              (PRETRAINED_FINETUNE_LRS, "default for a base not pretrained with Muon"))
     if not source:
-        logger.info("learning rates: no training config found for base %r; using nanochat defaults",
-                    base_model_path_or_config)
+        logger.info("learning rates: no training config found for base %r; using %ss", base_model_path_or_config,
+                    default_name)
     out = {}
     for key in LR_KEYS:
         if key in overrides:
@@ -185,7 +197,7 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
         elif key in inherited:
             out[key], how = float(inherited[key]), f"inherited from {source}"
         else:
-            out[key], how = NANOCHAT_DEFAULT_LRS[key], "nanochat default"
+            out[key], how = defaults[key], default_name
         logger.info("learning rates: %s = %g (%s)", key, out[key], how)
     return out
 

@@ -132,8 +132,8 @@ class NanoSFTConfig(SFTConfig):
     # --- optimizer and schedule (nanochat/scripts/chat_sft.py) ---
     optimizer: str = field(
         default="auto",
-        metadata={"help": "'muon' (Muon + AdamW), 'adamw', or 'auto': Muon for a Muon-pretrained base (nanochat, or "
-                  "a nanosft checkpoint recorded as Muon), else AdamW at learning_rate (nanosft.schedule)."},
+        metadata={"help": "'muon' (Muon + AdamW), 'adamw', or 'auto': Muon, with the reason printed: the base's "
+                  "pretraining optimizer, or the SmolLM2 A/B (nanosft.optim.schedule.choose_optimizer)."},
     )
     embedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of embed_tokens (None: inherit)."})
     unembedding_lr: float | None = field(default=None, metadata={"help": "AdamW LR of lm_head (None: inherit)."})

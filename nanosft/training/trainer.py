@@ -39,7 +39,7 @@ from ..data.packing import IGNORE_INDEX, PackedCollator
 from ..files import follow_umask
 from ..format.tokenizer import BOS
 from ..optim.muon import DEEPSPEED_MUON_KEYS, LR_KEYS, build_optimizer, prepare_deepspeed_muon
-from ..optim.schedule import build_scheduler, choose_optimizer, resolve_learning_rates
+from ..optim.schedule import build_scheduler, choose_optimizer, pretraining_optimizer, resolve_learning_rates
 from ..optim.warm_start import load_warm_start
 from . import checkpoint as ckpt
 from .checkpoint import write_training_config
@@ -78,7 +78,8 @@ class NanoSFTTrainer(SFTTrainer):
         optimizer_choice: the line of a caller that resolved ``optimizer: auto`` itself (``choose_optimizer``);
             None: resolved here. Shown in the model card and ``nanosft_config.json``.
 
-    LRs left None are filled: the base checkpoint's, else nanochat's (``resolve_learning_rates``, logged).
+    LRs left None are filled: the base checkpoint's, else nanochat's for a Muon-pretrained base, else the
+    fine-tuning defaults of a pretrained model (``resolve_learning_rates``, logged).
 
     Raises:
         ValueError: from TRL for inconsistent options; ``data_collator`` cannot be overridden.
@@ -100,7 +101,9 @@ class NanoSFTTrainer(SFTTrainer):
         if optimizer_choice is None:
             logger.info(self.optimizer_choice)
         base = base_model_path if getattr(args, "model_config", None) is None else None
-        for key, value in resolve_learning_rates(base, {k: getattr(args, k) for k in LR_KEYS}).items():
+        muon_pretrained = base is None or pretraining_optimizer(base)[0] == "muon"
+        lrs = resolve_learning_rates(base, {k: getattr(args, k) for k in LR_KEYS}, muon_pretrained=muon_pretrained)
+        for key, value in lrs.items():
             setattr(args, key, value)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
