@@ -5,8 +5,11 @@ Reads the JSON files ``nanosft.eval`` / ``nanosft.baseline`` wrote for each arm 
 (``<run>/metrics.json``), and prints a markdown table:
 
 - per task: accuracy, and for a fine-tuned arm its change against the base with +- one binomial standard error
-  of the difference, sqrt(p1 (1 - p1) / n1 + p0 (1 - p0) / n0) (two independent binomial proportions; the
-  problems are the same, so this overstates the noise of a paired comparison slightly);
+  of the difference of two independent proportions, after adding one success and one failure to each arm
+  (Agresti & Caffo 2000, "Simple and effective confidence intervals for proportions and differences of
+  proportions result from adding two successes and two failures", The American Statistician 54(4)), so 0 of
+  100 against 0 of 100 still shows its noise; the problems are the same in every arm, so a paired comparison
+  would be somewhat tighter (the eval JSON keeps counts, not per-problem outcomes);
 - ChatCORE over the tasks the base has: the mean centered score (acc - chance) / (1 - chance) of
   nanochat/scripts/chat_eval.py (all six: ARC-Easy, ARC-Challenge, MMLU, GSM8K, SpellingBee, HumanEval);
 - then the same changes and noise between the fine-tuned arms, against the first one (``--reference``): the
@@ -56,9 +59,11 @@ def final_val_bpb(run_dir: str | None) -> float | None:
     return values[-1] if values else None
 
 
-def binomial_se(p: float, n: int) -> float:
-    """Standard error of a proportion p measured on n independent problems."""
-    return math.sqrt(p * (1 - p) / n) if n else float("nan")
+def difference_se(correct1: int, n1: int, correct0: int, n0: int) -> float:
+    """One standard error of (correct1 / n1 - correct0 / n0), Agresti-Caffo: each arm's proportion taken as
+    (correct + 1) / (n + 2) over n + 2 problems."""
+    p1, p0 = (correct1 + 1) / (n1 + 2), (correct0 + 1) / (n0 + 2)
+    return math.sqrt(p1 * (1 - p1) / (n1 + 2) + p0 * (1 - p0) / (n0 + 2))
 
 
 def table(arms: list[tuple[str, str | None]], evals: str, reference: str) -> list[str]:
@@ -85,7 +90,7 @@ def table(arms: list[tuple[str, str | None]], evals: str, reference: str) -> lis
             cell = f"{acc:.3f} ({n})"
             if name != reference:
                 b = ref[t]
-                se = math.hypot(binomial_se(acc, n), binomial_se(b["accuracy"], b["total"]))
+                se = difference_se(r["correct"], n, b["correct"], b["total"])
                 cell += f" {acc - b['accuracy']:+.3f}+-{se:.3f}"
             cells.append(cell)
         cells.append(f"{sum(centered) / len(centered):.4f}" if len(centered) == len(tasks_shown) else "-")
