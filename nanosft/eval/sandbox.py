@@ -8,7 +8,8 @@ elsewhere. nanosft keeps those layers and adds kernel ones, choosing the stronge
    ``RLIMIT_AS`` (256 MB), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (16 MB), ``RLIMIT_NPROC``, no core dumps;
    a wall-clock timeout that kills the whole process group; cwd = a fresh temp dir that is also
    ``HOME`` and ``TMPDIR``, capped at 64 MB / 10,000 entries (tmpfs size under namespaces, else the
-   parent measures it every few ms and kills the run past the cap); a 4-variable environment;
+   parent, at a higher priority than the code (nice 10), measures it every 2 ms and kills the run past the
+   cap); a 4-variable environment;
    stdout/stderr go to files (the parent reads at most 64 KB of each); Python guards as in nanochat's
    ``reliability_guard`` but stricter (sockets, ``os.system``/``fork``/``exec*``/``kill``,
    ``subprocess``, and ``open``/``os.open``/``io.FileIO``/``os.rename``... on paths outside the temp dir
@@ -173,6 +174,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (min(16 << 20, disk), min(16 << 20, di
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))  # not enforced for root: seccomp is
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing
+os.nice(10)  # on a busy CPU the parent's disk watchdog (normal priority) must get ahead of the code it watches
 nnp = linux and libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS: needed by Landlock and seccomp
 # Landlock (include/uapi/linux/landlock.h): syscalls 444-446 on every architecture
 if "landlock" in disabled:
@@ -459,7 +461,7 @@ def execute_code(
                         disk = True
                         break
                     time.sleep(min(delay, deadline - now))
-                    delay = min(2 * delay, 0.01)
+                    delay = min(2 * delay, 0.002)  # a writer fills ~1 MB/ms: poll often to stop it near the cap
             finally:
                 # the child leads its own session: kill the group even if the leader already exited
                 try:
