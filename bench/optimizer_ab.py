@@ -1,8 +1,8 @@
 """The optimizer A/B table on a real model: ChatCORE per task before/after, val bpb, and the noise of each change.
 
 Reads the JSON files ``nanosft.eval`` / ``nanosft.baseline`` wrote for each arm (``<evals>/<arm>-arc.json``,
-``-mmlu.json``, ``-gen.json``, ``-he.json``: the same problems for every arm; a part may be missing) and each run's final validation bits per byte
-(``<run>/metrics.json``), and prints a markdown table:
+``-mmlu.json``, ``-gen.json``, ``-he.json``: the same problems for every arm; a part may be missing) and each
+run's final validation bits per byte (``<run>/metrics.json``), and prints a markdown table:
 
 - per task: accuracy, and for a fine-tuned arm its change against the base with +- one binomial standard error
   of the difference of two independent proportions, after adding one success and one failure to each arm
@@ -15,10 +15,10 @@ Reads the JSON files ``nanosft.eval`` / ``nanosft.baseline`` wrote for each arm 
 - then the same changes and noise between the fine-tuned arms, against the first one (``--reference``): the
   optimizer A/B itself.
 
-Usage (the commands that produce the inputs are in README.md, "A real pretrained model on CPU"):
+Usage, on the committed results (the commands that produce them are in bench/results/optimizer_ab.txt):
 
-    python bench/optimizer_ab.py --evals /work/runs/evals base muon=/work/runs/smollm2-muon \\
-        adamw=/work/runs/smollm2-adamw lora=/work/runs/smollm2-lora
+    R=bench/results/optimizer_ab
+    python bench/optimizer_ab.py --evals $R base muon=$R/muon adamw=$R/adamw auto-adamw=$R/auto-adamw lora=$R/lora
 """
 
 from __future__ import annotations

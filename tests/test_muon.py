@@ -189,7 +189,8 @@ def test_adamw_option_is_torch_adamw_with_the_same_groups():
 
 
 def test_adamw_with_one_lr_gives_every_group_that_lr():
-    """``lr``: the Hugging Face fine-tuning AdamW, one LR for every group (``optimizer: adamw`` with ``optimizer_kwargs: {lr: ...}``)."""
+    """``lr``: the Hugging Face fine-tuning AdamW, one LR for every group (``optimizer: adamw`` with
+    ``optimizer_kwargs: {lr: ...}``)."""
     model = tiny_nanochat()
     opt = build_optimizer(model, optimizer="adamw", lr=2e-5, adam_betas=(0.9, 0.999), adam_eps=1e-8,
                           weight_decay=0.1)

@@ -150,8 +150,8 @@ def choose_optimizer(cfg) -> str:
 
 def used_learning_rates(args) -> dict:
     """The learning rates the optimizer trains with, for records and model cards: ``{"learning_rate": lr}`` for
-    Hugging Face's one-LR AdamW (``optimizer: adamw`` with ``optimizer_kwargs: {lr: ...}``), else nanochat's four group LRs ``{"embedding_lr", "unembedding_lr", "matrix_lr",
-    "scalar_lr"}`` (None where not resolved yet)."""
+    Hugging Face's one-LR AdamW (``optimizer: adamw`` with ``optimizer_kwargs: {lr: ...}``), else nanochat's four
+    group LRs ``{"embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"}`` (None where not resolved yet)."""
     lr = (getattr(args, "optimizer_kwargs", None) or {}).get("lr")
     if lr is not None:
         return {"learning_rate": lr}
@@ -187,8 +187,8 @@ def resolve_learning_rates(base_model_path_or_config, overrides: dict | None = N
     defaults, default_name = ((NANOCHAT_DEFAULT_LRS, "nanochat default") if muon_pretrained else
                               (PRETRAINED_FINETUNE_LRS, "default for a base not pretrained with Muon"))
     if not source:
-        logger.info("learning rates: no training config found for base %r; using %ss", base_model_path_or_config,
-                    default_name)
+        logger.info("learning rates: no training config found for base %r; an LR not set takes its %s",
+                    base_model_path_or_config, default_name)
     out = {}
     for key in LR_KEYS:
         if key in overrides:

@@ -282,8 +282,8 @@ def versions() -> dict:
 
 def write_training_config(folder: str, trainer) -> None:
     """Write ``<folder>/nanosft_config.json`` atomically: the optimizer used ("muon" | "adamw") and why, the LRs it
-    used (``used_learning_rates``: nanochat's four group LRs, or one ``learning_rate`` after ``optimizer: auto`` ->
-    adamw; the others are null) and the base model; a run starting from ``folder`` inherits the group LRs and,
+    used (``used_learning_rates``: nanochat's four group LRs, or one ``learning_rate`` for Hugging Face's one-LR
+    AdamW; the others are null) and the base model; a run starting from ``folder`` inherits the group LRs and,
     under ``optimizer: auto``, the optimizer (``nanosft.schedule``)."""
     args = trainer.args
     write_json_atomic(os.path.join(folder, TRAINING_CONFIG_NAME), {
